@@ -1,0 +1,1 @@
+"""modeldrop's upload server: the tus 1.0 protocol on Starlette, the staging store, locks and admission."""

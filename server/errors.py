@@ -1,0 +1,50 @@
+"""Errors that become HTTP responses: each carries a status, a stable code and a message for people.
+
+Raise a fresh instance of a subclass (never a shared one); tests assert `code`, not message text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class HTTPError(Exception):
+    status = 500
+    code = "internal_error"
+    default_message = "the server failed; the upload's bytes are safe, try again"
+
+    def __init__(self, message: str | None = None, headers: Mapping[str, str] | None = None) -> None:
+        self.message = message or self.default_message
+        self.headers = dict(headers or {})
+        super().__init__(self.message)
+
+
+def _error(name: str, status: int, code: str, default_message: str) -> type[HTTPError]:
+    return type(name, (HTTPError,), {"status": status, "code": code, "default_message": default_message})
+
+
+BadRequest = _error("BadRequest", 400, "bad_request", "the request is malformed")
+InvalidHeader = _error("InvalidHeader", 400, "invalid_header", "a header has an invalid value")
+InvalidMetadata = _error("InvalidMetadata", 400, "invalid_metadata", "Upload-Metadata is malformed")
+InvalidFilename = _error("InvalidFilename", 400, "invalid_filename", "the filename is not allowed")
+NotGGUF = _error("NotGGUF", 400, "not_gguf", "the file does not start with the GGUF magic: it is not a GGUF model")
+Unauthorized = _error("Unauthorized", 401, "unauthorized", "a valid bearer token is required")
+Forbidden = _error("Forbidden", 403, "forbidden", "this operation is not allowed on this upload")
+NotFound = _error("NotFound", 404, "not_found", "no such upload")
+MethodNotAllowed = _error("MethodNotAllowed", 405, "method_not_allowed", "method not allowed here")
+OffsetMismatch = _error("OffsetMismatch", 409, "offset_mismatch", "Upload-Offset does not match the upload's offset")
+AlreadyInstalled = _error("AlreadyInstalled", 409, "already_installed", "a model with this name is already installed")
+Gone = _error("Gone", 410, "gone", "this upload expired or was terminated")
+TooLarge = _error("TooLarge", 413, "too_large", "the upload is larger than allowed")
+PreconditionFailed = _error("PreconditionFailed", 412, "unsupported_version", "unsupported tus version")
+UnsupportedMediaType = _error("UnsupportedMediaType", 415, "unsupported_media_type",
+                              "PATCH needs Content-Type: application/offset+octet-stream")
+Locked = _error("Locked", 423, "locked", "another request is writing this upload; retry shortly")
+TooManyUploads = _error("TooManyUploads", 429, "too_many_uploads", "too many unfinished uploads; retry later")
+ChecksumMismatch = _error("ChecksumMismatch", 460, "checksum_mismatch",
+                          "Upload-Checksum does not match the bytes received; they were discarded")
+InternalError = _error("InternalError", 500, "internal_error", HTTPError.default_message)
+ReadTimeout = _error("ReadTimeout", 500, "read_timeout", "the client sent nothing for too long; bytes so far kept")
+NotImplementedYet = _error("NotImplementedYet", 501, "not_implemented", "not implemented")
+ServiceUnavailable = _error("ServiceUnavailable", 503, "unavailable", "the server is shutting down; retry shortly")
+InsufficientStorage = _error("InsufficientStorage", 507, "insufficient_storage", "not enough free disk space")

@@ -1,0 +1,287 @@
+"""The one settings object, shared by `modeldrop serve` and `modeldrop worker`.
+
+Every option is declared once in OPTIONS: that table builds the command-line flags, the environment
+names (`MODELDROP_<NAME>`, plus `REDIS_URL`) and the README's configuration table. Parsing is pure:
+`Settings.from_env(environ)` and `Settings.from_args(namespace, environ)` never touch `os.environ`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "MODELDROP_"
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+_SIZE_SUFFIXES = {"": 1, "b": 1, "k": KIB, "kb": KIB, "kib": KIB, "m": MIB, "mb": MIB, "mib": MIB,
+                  "g": GIB, "gb": GIB, "gib": GIB, "t": 1024 * GIB, "tb": 1024 * GIB, "tib": 1024 * GIB}
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the option."""
+
+
+def parse_size(text: str) -> int:
+    """'64MiB', '100M', '4g', '1048576' -> bytes (binary units; a plain number is bytes)."""
+    cleaned = text.strip().lower().replace(" ", "")
+    digits = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
+    suffix = cleaned[len(digits):]
+    if not digits or suffix not in _SIZE_SUFFIXES:
+        raise ValueError(f"not a size: {text!r} (use bytes or a unit like 64MiB, 2G)")
+    try:
+        value = float(digits)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r}") from None
+    if value < 0:
+        raise ValueError(f"a size cannot be negative: {text!r}")
+    return int(value * _SIZE_SUFFIXES[suffix])
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true/false)")
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def parse_mode(text: str) -> int:
+    return int(text, 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting: its flag, environment name, parser, default and help text."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    flag_kind: str = "value"  # value | switch | repeat
+    env: str | None = None
+    commands: tuple[str, ...] = ("serve", "worker")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_name(self) -> str:
+        return self.env or ENV_PREFIX + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", str, "127.0.0.1", "address to listen on", commands=("serve",)),
+    Option("port", int, 8080, "port to listen on", commands=("serve",)),
+    Option("data_dir", Path, Path("./data"), "base directory; models and staging default to folders in it"),
+    Option("models_dir", Path, None, "directory llama-server reads (default <data-dir>/models)"),
+    Option("staging_dir", Path, None,
+           "where uploads are received; must be on the models filesystem (default <data-dir>/staging)"),
+    Option("redis_url", str, None, "Redis for the RQ finalize queue and cross-host locks; unset = embedded mode",
+           env="REDIS_URL"),
+    Option("token", parse_list, (), "bearer token clients must send (repeat, or comma-separated in the env)",
+           flag_kind="repeat", env="MODELDROP_TOKENS", commands=("serve",)),
+    Option("allow_anonymous", parse_bool, False,
+           "accept uploads without a token on a non-loopback address", flag_kind="switch", commands=("serve",)),
+    Option("max_size", parse_size, 256 * GIB, "largest upload accepted (Tus-Max-Size)", commands=("serve",)),
+    Option("fsync", parse_bool, True, "sync data before reporting an offset (--no-fsync to compare with peers)",
+           flag_kind="switch"),
+    Option("trust_proxy", parse_bool, False, "honour X-Forwarded-Host/-Proto and Forwarded", flag_kind="switch",
+           commands=("serve",)),
+    Option("cors_origins", parse_list, ("*",), "origins allowed by CORS (comma-separated; * for any)",
+           commands=("serve",)),
+    Option("idle_timeout", float, 60.0, "seconds a PATCH may send nothing before it is cut", commands=("serve",)),
+    Option("lock_timeout", float, 10.0, "seconds a request waits for an upload's lock before 423",
+           commands=("serve",)),
+    Option("sync_interval", parse_size, 256 * MIB, "bytes between syncs inside one long PATCH", commands=("serve",)),
+    Option("expire_after", float, 7 * 24 * 3600.0,
+           "seconds an unfinished upload, or the record of a finished one, is kept"),
+    Option("max_metadata", parse_size, 4 * KIB, "largest Upload-Metadata header accepted", commands=("serve",)),
+    Option("max_uploads", int, 64, "unfinished uploads accepted at once", commands=("serve",)),
+    Option("disk_headroom", parse_size, 1 * GIB, "free space always left on the staging filesystem",
+           commands=("serve",)),
+    Option("allow_overwrite", parse_bool, False, "let a new upload replace an installed model of the same name",
+           flag_kind="switch"),
+    Option("file_mode", parse_mode, 0o644, "permissions of installed models (octal)"),
+    Option("file_uid", int, None, "owner uid for installed models (for the llama-server container)"),
+    Option("file_gid", int, None, "owner gid for installed models"),
+    Option("llama_server_url", str, None, "llama-server in router mode, told to rescan after each install"),
+    Option("llama_api_key", str, None, "API key for llama-server"),
+    Option("workers", int, 1, "server processes (serve) or RQ worker processes (worker)"),
+    Option("shutdown_timeout", float, 10.0, "seconds running requests get to save their bytes on SIGTERM",
+           commands=("serve",)),
+    Option("log_level", str, "info", "debug, info, warning or error"),
+)
+
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("./data")
+    models_dir: Path = Path("./data/models")
+    staging_dir: Path = Path("./data/staging")
+    redis_url: str | None = None
+    token: tuple[str, ...] = ()
+    allow_anonymous: bool = False
+    max_size: int = 256 * GIB
+    fsync: bool = True
+    trust_proxy: bool = False
+    cors_origins: tuple[str, ...] = ("*",)
+    idle_timeout: float = 60.0
+    lock_timeout: float = 10.0
+    sync_interval: int = 256 * MIB
+    expire_after: float = 7 * 24 * 3600.0
+    max_metadata: int = 4 * KIB
+    max_uploads: int = 64
+    disk_headroom: int = 1 * GIB
+    allow_overwrite: bool = False
+    file_mode: int = 0o644
+    file_uid: int | None = None
+    file_gid: int | None = None
+    llama_server_url: str | None = None
+    llama_api_key: str | None = None
+    workers: int = 1
+    shutdown_timeout: float = 10.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.max_size <= 0:
+            raise SettingsError("--max-size must be positive")
+        if self.sync_interval < MIB:
+            raise SettingsError("--sync-interval must be at least 1MiB")
+        if self.workers < 1:
+            raise SettingsError("--workers must be at least 1")
+        if self.idle_timeout <= 0 or self.lock_timeout <= 0:
+            raise SettingsError("--idle-timeout and --lock-timeout must be positive")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise SettingsError(f"--log-level must be debug, info, warning or error, not {self.log_level!r}")
+
+    @property
+    def embedded(self) -> bool:
+        """No Redis: finalize runs in-process and locks are local files."""
+        return not self.redis_url
+
+    @property
+    def binds_loopback_only(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def check_exposure(self) -> str | None:
+        """The reason this configuration must not start, or None.
+
+        Without tokens anyone who reaches the port can write into the models directory, so that is only
+        allowed on loopback unless the operator says so explicitly.
+        """
+        if not self.token and not self.binds_loopback_only and not self.allow_anonymous:
+            return (f"refusing to listen on {self.host} without a token: set --token (MODELDROP_TOKENS), "
+                    "bind to 127.0.0.1, or pass --allow-anonymous")
+        return None
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Settings:
+        known = {key: value for key, value in values.items() if value is not None}
+        data_dir = Path(known.get("data_dir", cls.data_dir))
+        known["data_dir"] = data_dir
+        known.setdefault("models_dir", data_dir / "models")
+        known.setdefault("staging_dir", data_dir / "staging")
+        for key in ("models_dir", "staging_dir"):
+            known[key] = Path(known[key])
+        return cls(**known)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Settings:
+        values: dict[str, Any] = {}
+        for option in OPTIONS:
+            raw = environ.get(option.env_name)
+            if raw is None and option.name == "token":
+                raw = environ.get("MODELDROP_TOKEN")
+            if raw is None or raw == "":
+                continue
+            try:
+                values[option.name] = option.parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{option.env_name}: {exc}") from None
+        values.update({key: value for key, value in (overrides or {}).items() if value is not None})
+        return cls.from_values(values)
+
+    @classmethod
+    def from_args(cls, namespace: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+        """Flags win over the environment, the environment over defaults."""
+        given = {name: value for name, value in vars(namespace).items()
+                 if name in _BY_NAME and value is not None and value != []}
+        if "token" in given:
+            given["token"] = tuple(t for item in given["token"] for t in parse_list(item))
+        return cls.from_env(environ, given)
+
+    def describe(self) -> str:
+        mode = f"redis {self.redis_url}" if self.redis_url else "embedded (no Redis)"
+        return (f"models={self.models_dir} staging={self.staging_dir} mode={mode} "
+                f"fsync={'on' if self.fsync else 'off'} auth={'token' if self.token else 'none'}")
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """Adds every option of `command` to parser; unset flags stay None so the environment can fill them."""
+    for option in OPTIONS:
+        if command not in option.commands:
+            continue
+        help_text = f"{option.help} [env {option.env_name}; default {format_default(option)}]"
+        if option.flag_kind == "switch":
+            parser.add_argument(option.flag, dest=option.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        elif option.flag_kind == "repeat":
+            parser.add_argument(option.flag, dest=option.name, action="append", default=None,
+                                metavar=option.name.upper(), help=help_text)
+        else:
+            parser.add_argument(option.flag, dest=option.name, type=_argparse_type(option), default=None,
+                                metavar=option.name.upper(), help=help_text)
+
+
+def _argparse_type(option: Option) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = option.name
+    return convert
+
+
+def format_default(option: Option) -> str:
+    value = option.default
+    if value is None or value == ():
+        return "unset"
+    if option.parse is parse_size:
+        for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+            if value % size == 0:
+                return f"{value // size}{unit}"
+    if option.parse is parse_mode:
+        return oct(value)[2:].rjust(4, "0")
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def settings_from_environ(**overrides: Any) -> Settings:
+    """For processes started by the server (the embedded finalizer, tests): read os.environ once."""
+    return Settings.from_env(os.environ, overrides)
