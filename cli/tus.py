@@ -1,0 +1,276 @@
+"""The pure half of the upload client: tus 1.0 headers, metadata, URLs, fingerprints and the retry policy.
+
+Nothing here does I/O, so every rule the client follows can be tested with strings and numbers
+(`cli.client` sends the requests, `cli.upload` decides what to do with the answers).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+TUS_VERSION = "1.0.0"
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+MODEL_CONTENT_TYPE = "application/octet-stream"
+STATUS_HEADER = "Modeldrop-Status"
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+# States of the server's finalize pipeline; the last two never change again.
+INSTALLED = "installed"
+FAILED = "failed"
+TERMINAL_STATES = frozenset({INSTALLED, FAILED})
+
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class ProtocolError(ValueError):
+    """The server answered something a tus 1.0 server must not (e.g. no Location after a creation)."""
+
+
+# ---------------------------------------------------------------- sizes
+
+
+_UNITS = {"": 1, "b": 1}
+for _power, _letter in enumerate("kmgt", start=1):
+    for _spelling in (_letter, _letter + "b", _letter + "ib"):
+        _UNITS[_spelling] = 1024**_power
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([a-z]*)$")
+
+
+def parse_size(text: str) -> int:
+    """'90MiB', '100M', '1.5g', '4096' -> bytes. Units are binary (M = MiB); a plain number is bytes."""
+    match = _SIZE.match(text.strip().lower().replace(" ", ""))
+    if not match or match.group(2) not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (use bytes or a unit like 90MiB, 2G)")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def format_size(count: float) -> str:
+    """Bytes for people: 1536 -> '1.5 KiB'."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- checksums
+
+
+def normalize_sha256(text: str) -> str:
+    """A SHA-256 as 64 lowercase hex digits; anything else is a ValueError naming the value."""
+    cleaned = text.strip()
+    if not _SHA256_HEX.match(cleaned):
+        raise ValueError(f"not a SHA-256 (64 hex digits): {text!r}")
+    return cleaned.lower()
+
+
+def split_file_argument(argument: str, is_file: bool) -> tuple[str, str | None]:
+    """'model.gguf=<64 hex>' -> ('model.gguf', hex); a plain path -> (path, None).
+
+    `is_file` says whether the whole argument names an existing file: a file whose own name ends in
+    '=<64 hex>' is taken as it is rather than split.
+    """
+    path, separator, digest = argument.rpartition("=")
+    if is_file or not separator or not path or not _SHA256_HEX.match(digest):
+        return argument, None
+    return path, digest.lower()
+
+
+# ---------------------------------------------------------------- metadata and headers
+
+
+def encode_metadata(pairs: Mapping[str, str]) -> str:
+    """tus Upload-Metadata: 'key base64(value)' pairs joined by commas, in the order given."""
+    parts = []
+    for key, value in pairs.items():
+        if not key or any(ch in key for ch in " ,") or not key.isascii():
+            raise ValueError(f"invalid Upload-Metadata key: {key!r}")
+        parts.append(f"{key} {base64.b64encode(value.encode()).decode('ascii')}")
+    return ",".join(parts)
+
+
+def upload_metadata(filename: str, sha256: str | None) -> str:
+    """The metadata modeldrop's server reads: the model's filename, a content type, an optional digest."""
+    pairs = {"filename": filename, "filetype": MODEL_CONTENT_TYPE}
+    if sha256:
+        pairs["sha256"] = sha256
+    return encode_metadata(pairs)
+
+
+def base_headers(token: str | None) -> dict[str, str]:
+    """Headers every request carries: the tus version, and the bearer token when there is one."""
+    headers = {"Tus-Resumable": TUS_VERSION}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def creation_headers(length: int, metadata: str, token: str | None) -> dict[str, str]:
+    return {**base_headers(token), "Upload-Length": str(length), "Upload-Metadata": metadata,
+            "Content-Length": "0"}
+
+
+def patch_headers(offset: int, count: int, token: str | None) -> dict[str, str]:
+    return {**base_headers(token), "Content-Type": OFFSET_CONTENT_TYPE, "Upload-Offset": str(offset),
+            "Content-Length": str(count)}
+
+
+def parse_offset(value: str | None) -> int:
+    """Upload-Offset / Upload-Length: a non-negative decimal integer, or ProtocolError."""
+    if value is None or not value.strip().isdigit():
+        raise ProtocolError(f"expected a non-negative integer offset from the server, got {value!r}")
+    return int(value.strip())
+
+
+def chunk_length(offset: int, total: int, chunk_size: int | None) -> int:
+    """Bytes the next PATCH carries: the rest of the file, or at most `chunk_size` of it."""
+    remaining = total - offset
+    return remaining if chunk_size is None else min(remaining, chunk_size)
+
+
+def error_message(status: int, reason: str, body: bytes) -> tuple[str | None, str]:
+    """(code, text) from an error response: modeldrop sends {"error": code, "message": text}.
+
+    A proxy in front of the server may answer with HTML or plain text instead: then there is no code
+    and the text is the status line plus the start of the body, so the user still sees what happened.
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("message"), str):
+        code = document.get("error")
+        return (code if isinstance(code, str) else None), document["message"]
+    text = body[:200].decode("utf-8", "replace").strip()
+    summary = f"HTTP {status} {reason}".strip()
+    return None, f"{summary}: {text}" if text else summary
+
+
+# ---------------------------------------------------------------- URLs
+
+
+def normalize_server_url(url: str) -> str:
+    """'HTTP://Host:8080/base/' -> 'http://host:8080/base': one spelling per server, for fingerprints."""
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) server URL: {url!r}")
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"), parts.query, ""))
+
+
+def creation_url(server: str) -> str:
+    return f"{normalize_server_url(server)}/files/"
+
+
+def api_url(server: str, path: str) -> str:
+    return f"{normalize_server_url(server)}/api/{path.lstrip('/')}"
+
+
+def resolve_location(request_url: str, location: str | None) -> str:
+    """A Location (or Modeldrop-Status) header made absolute against the URL of the request it answered.
+
+    tus allows relative and absolute Locations; a relative one is resolved like a browser would
+    (RFC 3986), so '/files/ab' keeps the request's scheme and host.
+    """
+    if not location or not location.strip():
+        raise ProtocolError("the server's answer has no Location for the new upload")
+    return urljoin(request_url, location.strip())
+
+
+def status_url_for(upload_url: str) -> str:
+    """Where the upload's status lives when no response named it: /api/uploads/<id> beside /files/<id>.
+
+    Only a fallback: the server names the status resource itself in Modeldrop-Status.
+    """
+    upload_id = urlsplit(upload_url).path.rstrip("/").rsplit("/", 1)[-1]
+    return urljoin(upload_url, f"/api/uploads/{upload_id}")
+
+
+# ---------------------------------------------------------------- resume state
+
+
+def fingerprint(server: str, absolute_path: str, size: int, mtime_ns: int) -> str:
+    """Names one version of one file on one server: the key under which its upload URL is remembered.
+
+    A changed size or mtime means different bytes, so the old upload must not be continued.
+    """
+    identity = json.dumps([normalize_server_url(server), absolute_path, size, mtime_ns])
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- retries
+
+
+def is_retryable_status(status: int, error_code: str | None = None) -> bool:
+    """Whether a failed request is worth repeating after a HEAD (tus-js-client's rule, made precise).
+
+    5xx: the server or a proxy hiccuped. 409: our offset was stale (tus offset mismatch). 423: another
+    request still holds the upload. Other 4xx are final: the same request would be refused again.
+    Some answers in those ranges are final too: a 409 saying the model is already installed, and 5xx
+    that describe the server rather than a moment (not implemented, version, disk full).
+    """
+    if status == 409:
+        return error_code != "already_installed"
+    if status == 423:
+        return True
+    return 500 <= status <= 599 and status not in (501, 505, 507)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After given in seconds (what a busy server or proxy sends); dates and junk are ignored."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry: `attempts` consecutive failures without progress at most."""
+
+    attempts: int = 8
+    first_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def delay(self, attempt: int, jitter: float) -> float:
+        """Seconds to wait before retry number `attempt` (1-based); `jitter` is a random value in [0, 1).
+
+        Exponential, capped, and "equal jitter": at least half the nominal delay, so clients that
+        failed together (a server restart) do not come back together, yet none retries at once.
+        """
+        if attempt < 1:
+            raise ValueError("attempt numbers start at 1")
+        nominal = min(self.max_delay, self.first_delay * 2 ** (attempt - 1))
+        return nominal / 2 + nominal / 2 * jitter
+
+    def schedule(self, jitters: Iterable[float]) -> list[float]:
+        """Every delay this policy allows, one jitter value per attempt."""
+        return [self.delay(attempt, jitter) for attempt, jitter in zip(range(1, self.attempts + 1), jitters)]
+
+
+# ---------------------------------------------------------------- final status
+
+
+def describe_status(document: Mapping[str, object], fallback_name: str) -> str:
+    """One line for an upload's final status, e.g. 'installed x.gguf (llama, Q4_K_M, sha256 ab12cd34…)'."""
+    state = str(document.get("state") or "unknown")
+    name = str(document.get("final_name") or fallback_name)
+    if state == FAILED:
+        return f"failed {name}: {document.get('reason') or 'no reason given'}"
+    facts = gguf_facts(document.get("gguf"))
+    if document.get("sha256"):
+        facts.append(f"sha256 {str(document['sha256'])[:12]}…")
+    return f"{state} {name}" + (f" ({', '.join(facts)})" if facts else "")
+
+
+def gguf_facts(gguf: object) -> list[str]:
+    """The GGUF facts worth a glance in one line: architecture and quantization, when the server knows them."""
+    if not isinstance(gguf, Mapping):
+        return []
+    return [str(gguf[key]) for key in ("architecture", "quantization") if gguf.get(key)]

@@ -1,0 +1,411 @@
+"""`modeldrop upload FILE...`: send .gguf files to a modeldrop server over tus 1.0, resuming across runs.
+
+For each file, one after another: find the upload remembered for this exact file (HEAD it for the
+server's offset) or create one (POST), send the rest in PATCHes streamed from disk, then poll the
+server's status for that upload until it is installed or failed. Network errors, 5xx, 409 and 423
+are retried with backoff, each time from the offset the server reports; other refusals are final.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import random
+import stat
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from cli import tus
+from cli.client import FileSlice, HttpClient, LocalFileError, NetworkError, Response
+from cli.client import add_server_arguments, server_and_token
+from cli.progress import Progress
+from cli.state import UploadMemory, default_state_file
+
+# How often to ask for the status while the server verifies: soon at first (small files finish at
+# once), then calmly (hashing 100 GB takes minutes).
+FIRST_POLL_SECONDS = 0.5
+MAX_POLL_SECONDS = 5.0
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """The command line asks for something impossible (missing file, not .gguf, --sha256 with two files)."""
+
+
+class Refused(Exception):
+    """The server refused this file for good (a 4xx other than 409/423); the message is the server's."""
+
+
+class Unreachable(Exception):
+    """Retries ran out: the server stayed away or kept failing. The next run resumes where this stopped."""
+
+
+class Retryable(Exception):
+    """A failure worth another attempt after a pause; `wait_at_least` honours a server's Retry-After."""
+
+    def __init__(self, message: str, wait_at_least: float | None = None):
+        super().__init__(message)
+        self.wait_at_least = wait_at_least
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadJob:
+    """One local file to upload, as it was when the run started."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    sha256: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where an upload stands on the server: its URL, the bytes it holds, and where to ask its status."""
+
+    url: str
+    offset: int
+    status_url: str
+
+
+# ---------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (
+        "Upload .gguf files to a modeldrop server (tus 1.0), one after another; give every shard of a\n"
+        "split model. An interrupted upload resumes from the server's offset when the same command runs\n"
+        "again, as long as the file is unchanged (same path, size and modification time).")
+    parser.epilog = (
+        "output:\n"
+        "  progress goes to stderr; stdout gets one line per file with the server's final status, e.g.\n"
+        "    installed Llama-3-8B-Q4_K_M.gguf (llama, Q4_K_M, sha256 ab12cd34ef56…)\n"
+        "    failed model.gguf: truncated: …\n"
+        "retries:\n"
+        "  network errors, 5xx (except 501/505/507), 409 offset conflicts and 423 locks are retried with\n"
+        "  exponential backoff and jitter, each time from the offset the server reports; the count\n"
+        "  starts again whenever the server's offset moves forward. Other 4xx answers are final.\n"
+        "exit status:\n"
+        "  0 every file installed (with --no-wait: every file received and none failed so far),\n"
+        "  1 a file failed, was refused, or the server stayed unreachable,\n"
+        "  2 usage error (a bad option, a FILE missing or not .gguf: checked before anything is sent),\n"
+        "  130 interrupted (run the same command again to resume).")
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="a .gguf file; FILE=SHA256 (64 hex digits) gives its expected digest")
+    add_server_arguments(parser)
+    parser.add_argument("--sha256", metavar="HEX", default=None,
+                        help="expected SHA-256 of the file, checked by the server before installing "
+                             "(only with a single FILE; for several, write FILE=SHA256)")
+    parser.add_argument("--chunk-size", metavar="SIZE", type=_size_argument, default=None,
+                        help="send at most SIZE bytes per PATCH, e.g. 90MiB behind Cloudflare's 100 MB "
+                             "request limit (units K/M/G/T are binary; default: the whole file in one PATCH)")
+    parser.add_argument("--retries", metavar="N", type=_count_argument, default=tus.RetryPolicy.attempts,
+                        help=f"retries in a row without progress before giving up (default {tus.RetryPolicy.attempts})")
+    parser.add_argument("--retry-delay", metavar="SECONDS", type=float, default=tus.RetryPolicy.first_delay,
+                        help=f"first retry delay; it doubles each time, up to {tus.RetryPolicy.max_delay:g} s "
+                             f"(default {tus.RetryPolicy.first_delay:g})")
+    parser.add_argument("--state-file", metavar="PATH", type=Path, default=None,
+                        help="where upload URLs are remembered for resuming (env MODELDROP_STATE_FILE; "
+                             "default ${XDG_STATE_HOME:-~/.local/state}/modeldrop/uploads.json)")
+    parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                        help="after sending, wait until the server has verified and installed (or failed) "
+                             "each file (default: wait)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bar or retry notices on stderr; final status lines still print")
+
+
+def _size_argument(text: str) -> int:
+    try:
+        size = tus.parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError("the chunk size must be at least 1 byte")
+    return size
+
+
+def _count_argument(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a whole number ≥ 0: {text!r}")
+    return int(text)
+
+
+def plan_jobs(arguments: list[str], sha256: str | None) -> list[UploadJob]:
+    """Check every FILE before sending anything: a typo in the third shard should not cost the first two."""
+    if sha256 is not None and len(arguments) != 1:
+        raise UsageError("--sha256 names one file's digest; with several files write FILE=SHA256")
+    jobs = []
+    for argument in arguments:
+        path_text, digest = tus.split_file_argument(argument, is_file=os.path.isfile(argument))
+        try:
+            digest = tus.normalize_sha256(sha256) if sha256 is not None else digest
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        path = Path(path_text).absolute()
+        try:
+            info = path.stat()
+        except OSError as error:
+            raise UsageError(f"{path_text}: {error.strerror or error}") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"{path_text}: not a regular file")
+        if not path.name.lower().endswith(".gguf"):
+            raise UsageError(f"{path_text}: not a .gguf file (modeldrop installs GGUF models only)")
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"{path_text}: not readable")
+        jobs.append(UploadJob(path, info.st_size, info.st_mtime_ns, digest))
+    return jobs
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    stdout, stderr = sys.stdout, sys.stderr
+    try:
+        server, token = server_and_token(args, os.environ)
+        jobs = plan_jobs(args.files, args.sha256)
+    except (UsageError, ValueError) as error:
+        print(f"modeldrop upload: error: {error}", file=stderr)
+        return EXIT_USAGE
+    uploader = Uploader(
+        http=HttpClient(timeout=args.timeout), server=server, token=token,
+        memory=UploadMemory(args.state_file or default_state_file(os.environ)),
+        policy=tus.RetryPolicy(attempts=args.retries, first_delay=args.retry_delay),
+        chunk_size=args.chunk_size, wait=args.wait, quiet=args.quiet, stderr=stderr)
+    all_installed = True
+    try:
+        for index, job in enumerate(jobs):
+            try:
+                document = uploader.upload(job)
+            except (Refused, LocalFileError, tus.ProtocolError) as error:
+                print(f"failed {job.name}: {error}", file=stdout, flush=True)
+                all_installed = False
+                continue
+            except Unreachable as error:
+                print(f"failed {job.name}: {error}", file=stdout, flush=True)
+                for skipped in jobs[index + 1:]:
+                    print(f"failed {skipped.name}: not sent, the server is unreachable", file=stdout, flush=True)
+                return EXIT_FAILED
+            print(tus.describe_status(document, job.name), file=stdout, flush=True)
+            state = document.get("state")
+            all_installed &= state == tus.INSTALLED or (not args.wait and state != tus.FAILED)
+    except KeyboardInterrupt:
+        print("\nmodeldrop upload: interrupted; run the same command again to resume", file=stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        uploader.close()
+    return EXIT_OK if all_installed else EXIT_FAILED
+
+
+# ---------------------------------------------------------------- the upload itself
+
+
+class Attempts:
+    """Counts failures in a row and waits between them; too many in a row raise Unreachable."""
+
+    def __init__(self, policy: tus.RetryPolicy, sleep: Callable[[float], None], jitter: Callable[[], float],
+                 report: Callable[[str], None]):
+        self._policy = policy
+        self._sleep = sleep
+        self._jitter = jitter
+        self._report = report
+        self.failures = 0
+
+    def failed(self, problem: Retryable) -> None:
+        self.failures += 1
+        if self.failures > self._policy.attempts:
+            raise Unreachable(f"gave up after {self._policy.attempts} retries: {problem}")
+        delay = max(self._policy.delay(self.failures, self._jitter()), problem.wait_at_least or 0.0)
+        self._report(f"{problem}; retry {self.failures}/{self._policy.attempts} in {delay:.1f} s")
+        self._sleep(delay)
+
+    def progressed(self) -> None:
+        self.failures = 0
+
+
+@dataclasses.dataclass
+class Uploader:
+    """Uploads one file at a time to one server; everything that talks to the network is here."""
+
+    http: HttpClient
+    server: str
+    token: str | None
+    memory: UploadMemory
+    policy: tus.RetryPolicy
+    chunk_size: int | None
+    wait: bool
+    quiet: bool
+    stderr: TextIO
+    sleep: Callable[[float], None] = time.sleep
+    jitter: Callable[[], float] = random.random
+
+    def close(self) -> None:
+        self.http.close()
+
+    def upload(self, job: UploadJob) -> dict[str, Any]:
+        """Send the file (or what the server lacks of it) and return the server's status document."""
+        key = tus.fingerprint(self.server, str(job.path), job.size, job.mtime_ns)
+        progress = Progress(self.stderr, job.name, job.size, quiet=self.quiet)
+        attempts = Attempts(self.policy, self.sleep, self.jitter, progress.message)
+        position = self._send(job, key, progress, attempts)
+        progress.finish()
+        document = self._await_status(position.status_url, job.name, attempts)
+        if document.get("state") == tus.FAILED:
+            # The server will not take these bytes; the next run should start a fresh upload.
+            self.memory.forget(key)
+        elif document.get("state") == tus.INSTALLED:
+            self.memory.remember(key, url=position.url, status_url=position.status_url, state=tus.INSTALLED)
+        return document
+
+    def _send(self, job: UploadJob, key: str, progress: Progress, attempts: Attempts) -> Position:
+        position: Position | None = None
+        furthest = -1
+        while True:
+            try:
+                if position is None:
+                    position = self._resume_or_create(job, key)
+                    if position.offset > furthest >= 0:
+                        attempts.progressed()  # the failed PATCH still moved the upload forward
+                    furthest = max(furthest, position.offset)
+                    progress.reset(position.offset)
+                if position.offset >= job.size:
+                    return position
+                position = self._patch(job, position, progress)
+                furthest = position.offset
+                attempts.progressed()
+            except Retryable as problem:
+                attempts.failed(problem)
+                position = None  # learn the server's offset again before sending more
+
+    def _resume_or_create(self, job: UploadJob, key: str) -> Position:
+        remembered = self.memory.get(key)
+        if remembered and isinstance(remembered.get("url"), str):
+            position = self._head(job, remembered)
+            if position is not None:
+                return position
+            self.memory.forget(key)
+        return self._create(job, key)
+
+    def _head(self, job: UploadJob, remembered: Mapping[str, Any]) -> Position | None:
+        """The remembered upload's position, or None when the server no longer has it."""
+        url = remembered["url"]
+        response = self._request("HEAD", url, tus.base_headers(self.token))
+        if response.status in (403, 404, 410):
+            self._note(f"{job.name}: the server no longer has the earlier upload; starting a new one")
+            return None
+        if not response.ok:
+            self._raise_for(response)
+        length = response.header("Upload-Length")
+        if length is not None and tus.parse_offset(length) != job.size:
+            return None  # not this file's upload after all (the server was reset and reused the id)
+        offset = tus.parse_offset(response.header("Upload-Offset"))
+        if offset > job.size:
+            raise tus.ProtocolError(f"the server claims {offset} bytes of a {job.size}-byte file")
+        status_url = self._status_url(response, url, remembered.get("status_url"))
+        if 0 < offset < job.size:
+            self._note(f"{job.name}: resuming at {tus.format_size(offset)} of {tus.format_size(job.size)}")
+        return Position(url, offset, status_url)
+
+    def _create(self, job: UploadJob, key: str) -> Position:
+        url = tus.creation_url(self.server)
+        metadata = tus.upload_metadata(job.name, job.sha256)
+        response = self._request("POST", url, tus.creation_headers(job.size, metadata, self.token))
+        if response.status != 201:
+            self._raise_for(response)
+        upload_url = tus.resolve_location(url, response.header("Location"))
+        status_url = self._status_url(response, upload_url, None)
+        # Remember before the first byte goes out: a run killed during that PATCH must find it again.
+        self.memory.remember(key, url=upload_url, status_url=status_url, path=str(job.path), size=job.size)
+        offset_header = response.header("Upload-Offset")
+        return Position(upload_url, tus.parse_offset(offset_header) if offset_header else 0, status_url)
+
+    def _patch(self, job: UploadJob, position: Position, progress: Progress) -> Position:
+        count = tus.chunk_length(position.offset, job.size, self.chunk_size)
+        self._check_unchanged(job)
+        try:
+            file = open(job.path, "rb")
+        except OSError as error:
+            raise LocalFileError(f"cannot read {job.path}: {error.strerror or error}") from error
+        with file:
+            body = FileSlice(file, position.offset, count, progress.advance)
+            response = self._request("PATCH", position.url, tus.patch_headers(position.offset, count, self.token),
+                                     body)
+        if not response.ok:
+            self._raise_for(response)
+        offset = tus.parse_offset(response.header("Upload-Offset"))
+        if offset <= position.offset:
+            raise Retryable(f"the server stored none of the {count} bytes sent")
+        status_url = self._status_url(response, position.url, position.status_url)
+        return Position(position.url, offset, status_url)
+
+    def _await_status(self, status_url: str, name: str, attempts: Attempts) -> dict[str, Any]:
+        """Poll the upload's status until it is final (or once, with --no-wait)."""
+        pause = FIRST_POLL_SECONDS
+        last_state = None
+        while True:
+            try:
+                response = self._request("GET", status_url, {**tus.base_headers(self.token),
+                                                             "Accept": "application/json"})
+                if not response.ok:
+                    self._raise_for(response)
+                document = response.json()
+                if not isinstance(document, dict):
+                    raise tus.ProtocolError(f"{status_url} answered {document!r}, not a status document")
+            except Retryable as problem:
+                attempts.failed(problem)
+                continue
+            attempts.progressed()
+            state = document.get("state")
+            if state in tus.TERMINAL_STATES or not self.wait:
+                return document
+            if state != last_state:
+                self._note(f"{name}: {state} on the server")
+                last_state = state
+            self.sleep(pause)
+            pause = min(MAX_POLL_SECONDS, pause * 2)
+
+    # -------------------------------------------------------- helpers
+
+    def _request(self, method: str, url: str, headers: Mapping[str, str], body: FileSlice | None = None) -> Response:
+        try:
+            return self.http.request(method, url, headers, body)
+        except NetworkError as error:
+            raise Retryable(str(error)) from error
+
+    @staticmethod
+    def _raise_for(response: Response) -> None:
+        code, message = response.error()
+        if tus.is_retryable_status(response.status, code):
+            raise Retryable(f"HTTP {response.status}: {message}",
+                            tus.retry_after_seconds(response.header("Retry-After")))
+        raise Refused(message)
+
+    @staticmethod
+    def _status_url(response: Response, upload_url: str, known: str | None) -> str:
+        header = response.header(tus.STATUS_HEADER)
+        if header:
+            return tus.resolve_location(response.url, header)
+        return known or tus.status_url_for(upload_url)
+
+    @staticmethod
+    def _check_unchanged(job: UploadJob) -> None:
+        """Refuse to send bytes of a file edited since the run started: they would mix two versions."""
+        try:
+            info = job.path.stat()
+        except OSError as error:
+            raise LocalFileError(f"cannot read {job.path}: {error.strerror or error}") from error
+        if (info.st_size, info.st_mtime_ns) != (job.size, job.mtime_ns):
+            raise LocalFileError(f"{job.path} changed while uploading; run again to upload the new version")
+
+    def _note(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.stderr, flush=True)

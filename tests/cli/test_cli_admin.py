@@ -1,0 +1,43 @@
+"""cli/admin.py: how `models` and `verify` present the server's documents."""
+
+from __future__ import annotations
+
+import datetime
+
+from cli import admin
+
+MODELS = {
+    "models": [
+        {"name": "Llama-3-8B-Q4_K_M.gguf", "kind": "file", "size": 4_920_000_000, "mtime": 1_700_000_000,
+         "sha256": "ab" * 32, "gguf": {"architecture": "llama", "quantization": "Q4_K_M"}, "shards": []},
+        {"name": "big-00001-of-00003.gguf", "kind": "split", "size": 3 * 1024**3, "mtime": None,
+         "gguf": {"architecture": "qwen2"}, "shards": ["a", "b", "c"]},
+    ],
+    "disk": {"free": 100 * 1024**3, "total": 1024**4},
+}
+
+
+def test_models_table_has_a_row_per_model_and_the_disk() -> None:
+    lines = admin.format_models(MODELS).splitlines()
+    assert lines[0].split() == ["NAME", "KIND", "SIZE", "ARCH", "QUANT", "MODIFIED"]
+    stamp = datetime.datetime.fromtimestamp(1_700_000_000).strftime("%Y-%m-%d %H:%M")
+    assert lines[1].split() == ["Llama-3-8B-Q4_K_M.gguf", "file", "4.6", "GiB", "llama", "Q4_K_M", *stamp.split()]
+    assert lines[2].split() == ["big-00001-of-00003.gguf", "split/3", "3.0", "GiB", "qwen2", "-", "-"]
+    assert lines[3] == "disk: 100.0 GiB free of 1.0 TiB"
+    assert lines[1].index("file") == lines[0].index("KIND")  # columns line up
+
+
+def test_models_table_when_nothing_is_installed() -> None:
+    assert admin.format_models({"models": [], "disk": {"free": 1024, "total": 2048}}) == (
+        "no models installed\ndisk: 1.0 KiB free of 2.0 KiB")
+
+
+def test_verify_ok_lists_the_facts() -> None:
+    document = {"name": "m.gguf", "ok": True, "reason": None, "size": 2048, "sha256": "ef" * 32,
+                "gguf": {"architecture": "llama", "quantization": "Q8_0"}}
+    assert admin.format_verify(document, "m.gguf") == f"ok m.gguf (2.0 KiB, llama, Q8_0, sha256 {'ef' * 32})"
+
+
+def test_verify_not_ok_gives_the_reason() -> None:
+    document = {"name": "m.gguf", "ok": False, "reason": "truncated: 10 of 20 bytes", "size": 10}
+    assert admin.format_verify(document, "m.gguf") == "not ok m.gguf: truncated: 10 of 20 bytes"
