@@ -135,7 +135,7 @@ class HttpClient:
         return answer, answer.read()
 
     def get_json(self, url: str, token: str | None) -> Response:
-        return self.request("GET", url, {**tus.base_headers(token), "Accept": "application/json"})
+        return self.request("GET", url, tus.json_headers(token))
 
     def close(self) -> None:
         for key in list(self._connections):

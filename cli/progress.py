@@ -83,7 +83,9 @@ class Progress:
             self._line_open = False
 
     def message(self, text: str) -> None:
-        """A line of its own (a retry notice) without tearing the bar."""
+        """A line of its own (a retry notice) without tearing the bar; nothing when quiet."""
+        if self._quiet:
+            return
         if self._line_open:
             self._stream.write("\n")
             self._line_open = False

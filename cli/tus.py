@@ -113,6 +113,11 @@ def base_headers(token: str | None) -> dict[str, str]:
     return headers
 
 
+def json_headers(token: str | None) -> dict[str, str]:
+    """Headers of a GET to modeldrop's JSON API."""
+    return {**base_headers(token), "Accept": "application/json"}
+
+
 def creation_headers(length: int, metadata: str, token: str | None) -> dict[str, str]:
     return {**base_headers(token), "Upload-Length": str(length), "Upload-Metadata": metadata,
             "Content-Length": "0"}

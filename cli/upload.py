@@ -256,7 +256,14 @@ class Uploader:
         key = tus.fingerprint(self.server, str(job.path), job.size, job.mtime_ns)
         progress = Progress(self.stderr, job.name, job.size, quiet=self.quiet)
         attempts = Attempts(self.policy, self.sleep, self.jitter, progress.message)
-        position = self._send(job, key, progress, attempts)
+        try:
+            position = self._send(job, key, progress, attempts)
+        except Refused:
+            progress.finish()
+            remembered = self.memory.get(key) or {}
+            if self._server_failure(remembered.get("status_url")) is not None:
+                self.memory.forget(key)  # the server gave up on this upload; a next run starts afresh
+            raise
         progress.finish()
         document = self._await_status(position.status_url, job.name, attempts)
         if document.get("state") == tus.FAILED:
@@ -311,8 +318,14 @@ class Uploader:
         if offset > job.size:
             raise tus.ProtocolError(f"the server claims {offset} bytes of a {job.size}-byte file")
         status_url = self._status_url(response, url, remembered.get("status_url"))
+        if offset < job.size:
+            # An unfinished upload the server already failed (not a GGUF, say) takes no more bytes.
+            reason = self._server_failure(status_url)
+            if reason is not None:
+                raise Refused(reason)
         if 0 < offset < job.size:
-            self._note(f"{job.name}: resuming at {tus.format_size(offset)} of {tus.format_size(job.size)}")
+            self._note(f"{job.name}: the server has {tus.format_size(offset)} of {tus.format_size(job.size)}; "
+                       "continuing from there")
         return Position(url, offset, status_url)
 
     def _create(self, job: UploadJob, key: str) -> Position:
@@ -353,8 +366,7 @@ class Uploader:
         last_state = None
         while True:
             try:
-                response = self._request("GET", status_url, {**tus.base_headers(self.token),
-                                                             "Accept": "application/json"})
+                response = self._request("GET", status_url, tus.json_headers(self.token))
                 if not response.ok:
                     self._raise_for(response)
                 document = response.json()
@@ -374,6 +386,19 @@ class Uploader:
             pause = min(MAX_POLL_SECONDS, pause * 2)
 
     # -------------------------------------------------------- helpers
+
+    def _server_failure(self, status_url: str | None) -> str | None:
+        """The reason the server failed this upload, or None (also when it cannot say: this is a hint only)."""
+        if not status_url:
+            return None
+        try:
+            response = self._request("GET", status_url, tus.json_headers(self.token))
+            document = response.json() if response.ok else None
+        except (Retryable, tus.ProtocolError):
+            return None
+        if isinstance(document, dict) and document.get("state") == tus.FAILED:
+            return str(document.get("reason") or "the server marked this upload failed")
+        return None
 
     def _request(self, method: str, url: str, headers: Mapping[str, str], body: FileSlice | None = None) -> Response:
         try:

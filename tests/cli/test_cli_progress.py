@@ -73,3 +73,9 @@ def test_messages_do_not_tear_the_bar() -> None:
     bar.reset(10)
     bar.message("retrying")
     assert stream.getvalue().endswith("\nretrying\n")
+
+
+def test_quiet_also_silences_messages() -> None:
+    stream = FakeStream(terminal=False)
+    progress.Progress(stream, "m.gguf", 100, quiet=True).message("retrying")
+    assert stream.getvalue() == ""
