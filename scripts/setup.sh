@@ -57,9 +57,9 @@ setup_python() {
         say "installing Python packages into .venv ($want)"
         .venv/bin/python -m pip install -q --upgrade pip >/dev/null
         if [ "$want" = test ]; then
-            .venv/bin/python -m pip install -q -e ".[test]"
+            .venv/bin/python -m pip install -q -e ".[test]" --config-settings editable_mode=compat
         else
-            .venv/bin/python -m pip install -q -e .
+            .venv/bin/python -m pip install -q -e . --config-settings editable_mode=compat
         fi
         echo "$base-$want" > .venv/.modeldrop-stamp
     fi

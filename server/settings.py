@@ -123,6 +123,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("shutdown_timeout", float, 10.0, "seconds running requests get to save their bytes on SIGTERM",
            commands=("serve",)),
     Option("log_level", str, "info", "debug, info, warning or error"),
+    Option("web_dir", Path, None, "built web UI served at / (default: web/dist next to the server package)",
+           commands=("serve",)),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -158,6 +160,7 @@ class Settings:
     workers: int = 1
     shutdown_timeout: float = 10.0
     log_level: str = "info"
+    web_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.max_size <= 0:

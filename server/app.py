@@ -1,0 +1,317 @@
+"""create_app(settings): the composition root. Builds the store, locks, finalizer and routes once."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server import catalog, errors
+from server.admission import Admission
+from server.api.uploads import upload_status
+from server.finalizer import Finalizer, make_finalizer, requeue_stuck
+from server.locks import LockSpace
+from server.locks.locker import AsyncLocker
+from server.metrics import Metrics
+from server.settings import Settings, SettingsError
+from server.store.filestore import FileStore
+from server.tus import headers as tus
+from server.tus.assemble import copy_parts
+from server.tus.handler import BASE_PATH, STATUS_HEADER, TusHandler
+
+log = logging.getLogger("modeldrop.app")
+
+VERSION = "0.1.0"
+MAINTENANCE_EVERY = 30.0
+EXPOSED_HEADERS = ["Location", "Upload-Offset", "Upload-Length", "Upload-Metadata", "Upload-Expires",
+                   "Upload-Concat", "Upload-Defer-Length", "Tus-Version", "Tus-Resumable", "Tus-Extension",
+                   "Tus-Max-Size", "Tus-Checksum-Algorithm", STATUS_HEADER, "Retry-After"]
+DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web" / "dist"
+
+
+def check_directories(settings: Settings) -> None:
+    """Staging and models must be one filesystem, so that installing a model is a rename, never a copy."""
+    for directory in (settings.models_dir, settings.staging_dir):
+        try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(f"cannot create {directory}: {exc.strerror}") from None
+        if not os.access(directory, os.W_OK):
+            raise SettingsError(f"{directory} is not writable by this user (uid {os.getuid()})")
+    models_dev = os.stat(settings.models_dir).st_dev
+    staging_dev = os.stat(settings.staging_dir).st_dev
+    if models_dev != staging_dev:
+        raise SettingsError(f"staging ({settings.staging_dir}) and models ({settings.models_dir}) are on different "
+                            "filesystems: put both on one volume so a finished model can be moved in atomically")
+    models = Path(settings.models_dir).resolve()
+    staging = Path(settings.staging_dir).resolve()
+    if staging == models or models in staging.parents:
+        raise SettingsError("the staging directory must not be inside the models directory: llama-server would "
+                            "see unfinished uploads")
+
+
+class MethodOverride:
+    """X-HTTP-Method-Override: for clients behind proxies that only pass GET and POST (tus core)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"x-http-method-override":
+                    scope = dict(scope, method=value.decode("latin-1").strip().upper())
+                    break
+        await self.app(scope, receive, send)
+
+
+class Components:
+    """Everything create_app builds, reachable from the app state for tests and the lifespan."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = FileStore(settings.staging_dir, durable=settings.fsync)
+        self.redis: Any = None
+        if settings.redis_url:
+            import redis
+
+            self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.locks = LockSpace(settings.staging_dir, self.redis)
+        self.locker = AsyncLocker(self.locks, settings.lock_timeout)
+        self.admission = Admission(settings, self.store)
+        self.metrics = Metrics()
+        self.catalog = catalog.Catalog(settings.models_dir, settings.staging_dir)
+        self.finalizer: Finalizer | None = None
+        self.tus: TusHandler | None = None
+
+
+def create_app(settings: Settings) -> Starlette:
+    check_directories(settings)
+    parts = Components(settings)
+    parts.store.prepare()
+    parts.locks.prepare()
+    parts.finalizer = make_finalizer(settings, parts.store)
+    handler = TusHandler(settings, parts.store, parts.locker, parts.admission, parts.finalizer, parts.metrics)
+    parts.tus = handler
+    parts.metrics.watch_store(parts.store, parts.finalizer.queue_depth)
+    parts.metrics.lock_releases.set_function(lambda: parts.locker.release_requests)
+    parts.metrics.active_requests.set_function(lambda: len(handler.active))
+
+    def authed(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def guarded(request: Request) -> Response:
+            parts.admission.check_auth(request.headers)
+            return await endpoint(request)
+        return guarded
+
+    async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: function(*args))
+
+    async def api_config(request: Request) -> Response:
+        return JSONResponse({"auth_required": parts.admission.auth_required, "max_size": settings.max_size,
+                             "tus_endpoint": BASE_PATH, "version": VERSION,
+                             "checksum_algorithms": list(tus.CHECKSUM_ALGORITHMS)})
+
+    async def api_upload(request: Request) -> Response:
+        return JSONResponse(await in_thread(upload_status, parts.store, request.path_params["upload_id"]))
+
+    async def api_models(request: Request) -> Response:
+        return JSONResponse(await in_thread(parts.catalog.listing))
+
+    async def api_model(request: Request) -> Response:
+        return JSONResponse(await in_thread(parts.catalog.describe, request.path_params["name"]))
+
+    async def api_verify(request: Request) -> Response:
+        with_sha256 = request.query_params.get("sha256", "") in ("1", "true", "yes")
+        return JSONResponse(await in_thread(parts.catalog.verify, request.path_params["name"], with_sha256))
+
+    async def api_delete_model(request: Request) -> Response:
+        removed = await in_thread(parts.catalog.delete, request.path_params["name"])
+        log.info("deleted model=%s", removed)
+        return JSONResponse({"deleted": removed})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        problems = await in_thread(readiness_problems, parts)
+        body = {"status": "ready" if not problems else "not ready", "problems": problems}
+        return JSONResponse(body, status_code=200 if not problems else 503)
+
+    async def metrics(request: Request) -> Response:
+        body = await in_thread(generate_latest, parts.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/files", handler.post, methods=["POST"]),
+        Route("/files", handler.options, methods=["OPTIONS"]),
+        Route(BASE_PATH, handler.post, methods=["POST"]),
+        Route(BASE_PATH, handler.options, methods=["OPTIONS"]),
+        Route(BASE_PATH + "{upload_id}", handler.head, methods=["HEAD"]),
+        Route(BASE_PATH + "{upload_id}", handler.patch, methods=["PATCH"]),
+        Route(BASE_PATH + "{upload_id}", handler.delete, methods=["DELETE"]),
+        Route(BASE_PATH + "{upload_id}", handler.options, methods=["OPTIONS"]),
+        Route("/api/config", api_config, methods=["GET"]),
+        Route("/api/uploads/{upload_id}", authed(api_upload), methods=["GET"]),
+        Route("/api/models", authed(api_models), methods=["GET"]),
+        Route("/api/models/{name:path}", authed(api_model), methods=["GET"]),
+        Route("/api/models/{name:path}", authed(api_delete_model), methods=["DELETE"]),
+        Route("/api/verify/{name:path}", authed(api_verify), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    web_dir = Path(settings.web_dir or DEFAULT_WEB_DIR)
+    if (web_dir / "index.html").exists():
+        routes.append(Mount("/", app=StaticFiles(directory=web_dir, html=True), name="web"))
+    else:
+        routes.append(Route("/", web_missing(web_dir), methods=["GET"]))
+
+    middleware = [
+        Middleware(MethodOverride),
+        Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+                   allow_headers=["*"], expose_headers=EXPOSED_HEADERS, max_age=86400),
+        Middleware(RequestMetrics, metrics=parts.metrics),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="modeldrop-io")
+        loop.set_default_executor(io_pool)
+        await recover(parts)
+        maintenance = loop.create_task(maintain(parts))
+        log.info("ready: %s", settings.describe())
+        try:
+            yield
+        finally:
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
+            if parts.finalizer is not None:
+                parts.finalizer.close()
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={errors.HTTPError: http_error, Exception: internal_error})
+    app.state.parts = parts
+    return app
+
+
+def web_missing(web_dir: Path) -> Callable[[Request], Awaitable[Response]]:
+    async def page(request: Request) -> Response:
+        return HTMLResponse(f"<h1>modeldrop</h1><p>The web UI is not built ({web_dir} has no index.html). "
+                            "Run <code>scripts/setup.sh run</code>, which builds it. The tus endpoint is "
+                            f"<code>{BASE_PATH}</code>.</p>", status_code=200)
+    return page
+
+
+def error_response(request: Request, status: int, code: str, message: str, headers: dict[str, str]) -> Response:
+    if request.url.path.startswith("/files"):
+        headers = {"Tus-Resumable": tus.TUS_VERSION, **headers}
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers)
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.HTTPError)
+    return error_response(request, exc.status, exc.code, exc.message, exc.headers)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    plain = errors.InternalError()
+    return error_response(request, plain.status, plain.code, plain.message, {})
+
+
+class RequestMetrics:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def recording_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            self.metrics.requests.labels(scope["method"], str(status["code"])).inc()
+
+
+async def recover(parts: Components) -> None:
+    """At start: reconcile what a crash left, resume interrupted assemblies, resubmit finished uploads."""
+    loop = asyncio.get_running_loop()
+    report = await loop.run_in_executor(None, parts.store.reconcile)
+    log.info("reconciled staging: %s", report.summary())
+    for upload_id in report.to_assemble:
+        try:
+            info = await loop.run_in_executor(None, parts.store.load, upload_id)
+            part_infos = [await loop.run_in_executor(None, parts.store.load, part) for part in info.parts]
+            await loop.run_in_executor(None, copy_parts, parts.store, info, part_infos)
+            report.to_finalize.append(upload_id)
+        except Exception as exc:
+            log.warning("upload=%s: could not resume concatenation: %s", upload_id, exc)
+            await loop.run_in_executor(None, lambda: parts.store.write_status(
+                upload_id, state="failed", reason=f"the concatenation could not be finished: {exc}"))
+    if report.to_finalize and parts.finalizer is not None:
+        await loop.run_in_executor(None, requeue_stuck, parts.store, parts.finalizer, parts.locks, report.to_finalize)
+
+
+async def maintain(parts: Components) -> None:
+    """Every so often: expire abandoned uploads, requeue finished ones nobody is finalizing."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(MAINTENANCE_EVERY)
+        try:
+            swept = await loop.run_in_executor(None, parts.store.sweep, parts.settings.expire_after)
+            if swept:
+                log.info("expired %d uploads: %s", len(swept), " ".join(swept))
+            if parts.finalizer is not None:
+                requeued = await loop.run_in_executor(None, requeue_stuck, parts.store, parts.finalizer, parts.locks)
+                if requeued:
+                    log.info("requeued for finalize: %s", " ".join(requeued))
+        except Exception:
+            log.exception("maintenance pass failed; trying again later")
+
+
+def readiness_problems(parts: Components) -> list[str]:
+    problems = []
+    for directory in (parts.settings.staging_dir, parts.settings.models_dir):
+        probe = Path(directory) / f".ready-probe-{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            problems.append(f"{directory} is not writable: {exc.strerror}")
+    stat = os.statvfs(parts.settings.staging_dir)
+    free = stat.f_bavail * stat.f_frsize
+    if free < parts.settings.disk_headroom:
+        problems.append(f"only {free} bytes free on the staging filesystem (headroom {parts.settings.disk_headroom})")
+    if parts.redis is not None:
+        try:
+            parts.redis.ping()
+        except Exception as exc:
+            problems.append(f"Redis is unreachable: {exc}")
+    return problems

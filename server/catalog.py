@@ -1,0 +1,240 @@
+"""What is in the models directory: single models, split sets, their GGUF facts and known digests.
+
+Files placed there by hand are listed too; their facts are read from their headers and cached by
+(size, mtime). The finalizer records what it installed (sha256, upload, time) in `<staging>/catalog/`,
+outside the directory llama-server scans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from server import errors, gguf
+from server.store.filestore import fsync_directory, write_atomic
+
+_HASH_BLOCK = 8 * 1024 * 1024
+
+
+def entry_name_is_safe(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..") and not name.startswith(".")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as source:
+        while block := source.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Catalog:
+    def __init__(self, models_dir: Path, staging_dir: Path) -> None:
+        self.models_dir = Path(models_dir)
+        self.records_dir = Path(staging_dir) / "catalog"
+        self.trash_dir = Path(staging_dir) / "trash"
+        self._facts: dict[str, tuple[int, int, dict[str, Any] | None, str | None]] = {}
+        self._lock = threading.Lock()
+
+    # -- records written at install -----------------------------------------------------------------
+
+    def _record_path(self, name: str) -> Path:
+        return self.records_dir / f"{name}.json"
+
+    def read_record(self, name: str) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self._record_path(name).read_bytes()))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def write_record(self, name: str, **fields: Any) -> None:
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        record = self.read_record(name)
+        record.update(fields)
+        write_atomic(self._record_path(name), json.dumps(record, sort_keys=True).encode(), durable=False)
+
+    # -- facts --------------------------------------------------------------------------------------
+
+    def facts_of(self, path: Path) -> tuple[dict[str, Any] | None, str | None]:
+        """(GGUF facts, problem) for one file, from cache while its size and mtime are unchanged."""
+        stat = path.stat()
+        key = str(path)
+        with self._lock:
+            cached = self._facts.get(key)
+        if cached and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
+            return cached[2], cached[3]
+        facts: dict[str, Any] | None = None
+        problem = None
+        try:
+            parsed = gguf.verify_file(path, stat.st_size)
+            facts = public_facts(parsed)
+        except gguf.GGUFError as exc:
+            problem = exc.reason
+        except OSError as exc:
+            problem = f"cannot read the file: {exc.strerror}"
+        with self._lock:
+            self._facts[key] = (stat.st_size, stat.st_mtime_ns, facts, problem)
+        return facts, problem
+
+    # -- listing ------------------------------------------------------------------------------------
+
+    def entry(self, name: str) -> dict[str, Any] | None:
+        if not entry_name_is_safe(name):
+            return None
+        path = self.models_dir / name
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        record = self.read_record(name)
+        if path.is_dir():
+            return self._directory_entry(name, path, stat, record)
+        if not name.lower().endswith(".gguf") or not path.is_file():
+            return None
+        facts, problem = self.facts_of(path)
+        unchanged = record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns
+        return {
+            "name": name, "kind": "file", "path": str(path), "size": stat.st_size, "mtime": iso(stat.st_mtime),
+            "sha256": record.get("sha256") if unchanged else None, "gguf": facts, "shards": None,
+            "status": "ok" if problem is None else "invalid", "problem": problem,
+            "installed_at": iso(record.get("installed_at")), "upload_id": record.get("upload_id"),
+            "llama_server": record.get("llama_server"),
+        }
+
+    def _directory_entry(self, name: str, path: Path, stat: os.stat_result, record: dict[str, Any]) -> dict[str, Any] | None:
+        files = sorted(child for child in path.iterdir() if child.is_file() and child.name.lower().endswith(".gguf"))
+        if not files:
+            return None
+        shards = []
+        first_facts = None
+        problem = None
+        for file in files:
+            facts, file_problem = self.facts_of(file)
+            shards.append({"name": file.name, "size": file.stat().st_size})
+            problem = problem or (f"{file.name}: {file_problem}" if file_problem else None)
+            try:
+                shard = gguf.parse_shard_name(file.name)
+            except gguf.GGUFError:
+                shard = None
+            if first_facts is None and (shard is None or shard.number == 1):
+                first_facts = facts
+        return {
+            "name": name, "kind": "split", "path": str(path), "size": sum(s["size"] for s in shards),
+            "mtime": iso(stat.st_mtime), "sha256": None, "gguf": first_facts, "shards": shards,
+            "shard_sha256": record.get("shard_sha256"),
+            "status": "ok" if problem is None else "invalid", "problem": problem,
+            "installed_at": iso(record.get("installed_at")), "upload_id": record.get("upload_id"),
+            "llama_server": record.get("llama_server"),
+        }
+
+    def entries(self) -> list[dict[str, Any]]:
+        try:
+            names = sorted(os.listdir(self.models_dir), key=str.lower)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            with contextlib.suppress(OSError):
+                item = self.entry(name)
+                if item is not None:
+                    found.append(item)
+        return found
+
+    def listing(self) -> dict[str, Any]:
+        models_stat = os.statvfs(self.models_dir)
+        staging_stat = os.statvfs(self.records_dir.parent)
+        return {
+            "models": self.entries(),
+            "disk": {"free": models_stat.f_bavail * models_stat.f_frsize,
+                     "total": models_stat.f_blocks * models_stat.f_frsize,
+                     "staging_free": staging_stat.f_bavail * staging_stat.f_frsize},
+        }
+
+    def describe(self, name: str) -> dict[str, Any]:
+        item = self.entry(name)
+        if item is None:
+            raise errors.NotFound(f"no model named {name[:120]!r} in the models directory")
+        return item
+
+    # -- verify and delete --------------------------------------------------------------------------
+
+    def verify(self, name: str, with_sha256: bool = False) -> dict[str, Any]:
+        """Re-checks size and structure on disk now (and the sha256, on request)."""
+        item = self.describe(name)
+        paths = [Path(item["path"]) / shard["name"] for shard in item["shards"]] if item["shards"] else [Path(item["path"])]
+        problems = []
+        facts_by_file = []
+        for path in paths:
+            try:
+                facts_by_file.append((path, gguf.verify_file(path)))
+            except gguf.GGUFError as exc:
+                problems.append(f"{path.name}: {exc.reason}" if item["shards"] else exc.reason)
+        if item["shards"] and not problems:
+            try:
+                shards = []
+                for path, facts in facts_by_file:
+                    shard = gguf.parse_shard_name(path.name)
+                    if shard is None:
+                        raise gguf.GGUFError(f"{path.name} is not named like a shard (-0000k-of-0000N.gguf)")
+                    shards.append((shard, facts))
+                gguf.check_split_set(shards)
+            except gguf.GGUFError as exc:
+                problems.append(exc.reason)
+        result: dict[str, Any] = {"name": name, "kind": item["kind"], "size": item["size"], "gguf": item["gguf"]}
+        if with_sha256:
+            record = self.read_record(name)
+            if item["shards"]:
+                digests = {path.name: sha256_of(path) for path in paths}
+                result["shard_sha256"] = digests
+                expected = record.get("shard_sha256") or {}
+                changed = [shard for shard, value in digests.items() if expected.get(shard) not in (None, value)]
+                if changed:
+                    problems.append(f"sha256 differs from the one recorded at install for {', '.join(changed)}")
+            else:
+                actual = sha256_of(paths[0])
+                result["sha256"] = actual
+                if record.get("sha256") and record["sha256"] != actual:
+                    problems.append(f"sha256 is {actual}, but {record['sha256']} was recorded at install: the file "
+                                    "changed on disk")
+        result["ok"] = not problems
+        result["reason"] = "; ".join(problems) or None
+        return result
+
+    def delete(self, name: str) -> str:
+        """Takes the entry out of the models directory in one rename, then frees the space."""
+        self.describe(name)
+        self.trash_dir.mkdir(parents=True, exist_ok=True)
+        doomed = self.trash_dir / f"{name}.{secrets.token_hex(4)}"
+        os.rename(self.models_dir / name, doomed)
+        fsync_directory(self.models_dir)
+        if doomed.is_dir():
+            shutil.rmtree(doomed, ignore_errors=True)
+        else:
+            doomed.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self._record_path(name).unlink()
+        return name
+
+
+def public_facts(facts: gguf.GGUFFacts) -> dict[str, Any]:
+    return {
+        "architecture": facts.architecture, "name": facts.name, "size_label": facts.size_label,
+        "file_type": facts.file_type, "quantization": facts.quantization, "context_length": facts.context_length,
+        "parameter_count": facts.parameter_count, "tensor_count": facts.tensor_count, "version": facts.version,
+        "split_no": facts.split_no, "split_count": facts.split_count,
+    }
+
+
+def iso(timestamp: float | None) -> str | None:
+    """Seconds since the epoch as ISO 8601 UTC, for JSON."""
+    if not timestamp:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))

@@ -1,0 +1,154 @@
+"""Hands finished uploads to the finalize job: an RQ queue with Redis, a thread in this process without.
+
+The server never imports `worker`: the job is named by its dotted path, as RQ does. Both modes run the
+same idempotent `worker.finalize.finalize_upload(upload_id)`, which records installed or failed itself.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+import logging
+import time
+from typing import Protocol
+
+from server.locks import LockSpace
+from server.settings import Settings
+from server.store.filestore import FileStore
+from server.store.info import TERMINAL_STATES
+
+JOB = "worker.finalize.finalize_upload"
+QUEUE_NAME = "modeldrop-finalize"
+STALE_AFTER = 60.0  # a non-terminal status untouched this long, with its finalize lock free, is requeued
+
+log = logging.getLogger("modeldrop.finalizer")
+
+
+def finalize_lock_name(upload_id: str) -> str:
+    return f"finalize-{upload_id}"
+
+
+def job_id(upload_id: str) -> str:
+    return f"finalize-{upload_id}"
+
+
+def job_timeout(length: int | None) -> int:
+    """Generous for the largest files: a full sequential read at a slow 100 MB/s, plus ten minutes."""
+    return 600 + int((length or 0) / 100e6)
+
+
+class Finalizer(Protocol):
+    def submit(self, upload_id: str) -> None: ...
+    def is_pending(self, upload_id: str) -> bool: ...
+    def queue_depth(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class EmbeddedFinalizer:
+    """Runs the job in a background thread of this process: the default, no Redis needed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.module = importlib.import_module(JOB.rsplit(".", 1)[0])
+        self.module.configure(settings)
+        self.function = getattr(self.module, JOB.rsplit(".", 1)[1])
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="finalize")
+        self.pending: set[str] = set()
+
+    def submit(self, upload_id: str) -> None:
+        if upload_id in self.pending:
+            return
+        self.pending.add(upload_id)
+        self.executor.submit(self._run, upload_id)
+
+    def _run(self, upload_id: str) -> None:
+        try:
+            self.function(upload_id)
+        except Exception:  # the job records failures itself; anything left is retried by the requeue loop
+            log.exception("finalize %s raised; it will be retried", upload_id)
+        finally:
+            self.pending.discard(upload_id)
+
+    def is_pending(self, upload_id: str) -> bool:
+        return upload_id in self.pending
+
+    def queue_depth(self) -> int:
+        return len(self.pending)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class RQFinalizer:
+    """Enqueues the job on Redis for `modeldrop worker` processes."""
+
+    def __init__(self, settings: Settings, store: FileStore) -> None:
+        import redis
+        from rq import Queue, Retry
+
+        self.store = store
+        self.connection = redis.Redis.from_url(settings.redis_url)  # type: ignore[arg-type]
+        self.queue = Queue(QUEUE_NAME, connection=self.connection)
+        self.retry = Retry(max=5, interval=[10, 30, 60, 120, 300])
+
+    def submit(self, upload_id: str) -> None:
+        if self.is_pending(upload_id):
+            return
+        info = self.store.load(upload_id)
+        self.queue.enqueue(JOB, args=(upload_id,), job_id=job_id(upload_id), job_timeout=job_timeout(info.length),
+                           retry=self.retry, result_ttl=86400, failure_ttl=7 * 86400,
+                           description=f"finalize {info.filename or upload_id}")
+
+    def is_pending(self, upload_id: str) -> bool:
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            status = Job.fetch(job_id(upload_id), connection=self.connection).get_status()
+        except NoSuchJobError:
+            return False
+        return str(getattr(status, "value", status)) in ("queued", "started", "deferred", "scheduled")
+
+    def queue_depth(self) -> int:
+        return int(self.queue.count)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def make_finalizer(settings: Settings, store: FileStore) -> Finalizer:
+    return EmbeddedFinalizer(settings) if settings.embedded else RQFinalizer(settings, store)
+
+
+def requeue_stuck(store: FileStore, finalizer: Finalizer, locks: LockSpace, ids: list[str] | None = None) -> list[str]:
+    """Submits complete uploads that are neither installed nor failed and that nobody is working on.
+
+    Covers a job lost with Redis, a worker killed mid-job, and a server killed between the last byte
+    and the hand-off. Safe to call often: the job is idempotent and serialized by its finalize lock.
+    """
+    requeued = []
+    now = time.time()
+    for upload_id in ids if ids is not None else store.list_ids():
+        try:
+            info = store.load(upload_id)
+        except Exception:
+            continue
+        if info.is_partial or not info.is_complete:
+            continue
+        status = store.read_status(upload_id) or {}
+        if status.get("state") in TERMINAL_STATES or (info.is_final and not status):
+            continue
+        if status.get("waiting_for_set"):
+            continue  # a staged shard: the set's last shard publishes it
+        if ids is None and now - float(status.get("updated_at", 0)) < STALE_AFTER:
+            continue
+        if finalizer.is_pending(upload_id) and status.get("state") != "verifying":
+            continue
+        held = locks.try_acquire(finalize_lock_name(upload_id))
+        if held is None:
+            continue  # a worker is on it right now
+        held.release()
+        if not status:
+            store.mark_queued(info)
+        finalizer.submit(upload_id)
+        requeued.append(upload_id)
+    return requeued

@@ -1,0 +1,436 @@
+"""The staging store: one data file and a few small records per upload, on the models filesystem.
+
+Layout under `<staging>/uploads/`, per upload id:
+  <id>.bin      the bytes received; its length IS the offset (tusd's filestore rule)
+  <id>.info     UploadInfo as JSON, written atomically (temp file, fsync, rename)
+  <id>.status   finalize status as JSON (queued, verifying, installed, failed), written atomically
+  <id>.sha256   checkpoint of the running sha256 at a durable offset (8-byte offset + OpenSSL state)
+  <id>.pending  start offset of a PATCH that carries Upload-Checksum, so a crash can roll it back
+  <id>.gone     tombstone of a terminated or expired upload, so it answers 410 rather than 404
+Every function here is synchronous and does plain file I/O: the HTTP layer runs them in threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import dataclasses
+import json
+import os
+import secrets
+import struct
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from server import errors
+from server.store import digest
+from server.store.info import QUEUED, TERMINAL_STATES, UPLOAD_ID, UploadInfo
+
+_CHECKPOINT = struct.Struct("<Q")
+_SYNC_FILE_RANGE_WRITE = 2
+_WRITEBACK_KICK = 16 * 1024 * 1024  # start writeback every 16 MiB so the periodic fdatasync is short
+_MAX_TAIL_REHASH = 1024 * 1024 * 1024  # beyond this, a lost checkpoint is left to the finalizer's full read
+_READ_BLOCK = 8 * 1024 * 1024
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Replaces path with data so a reader (or a crash) sees the old content or the new, never a mix."""
+    temporary = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    if durable:
+        fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadPaths:
+    data: Path
+    info: Path
+    status: Path
+    checkpoint: Path
+    pending: Path
+    gone: Path
+
+
+@dataclasses.dataclass
+class ReconcileReport:
+    removed_orphans: list[str] = dataclasses.field(default_factory=list)
+    rolled_back: list[str] = dataclasses.field(default_factory=list)
+    unfinished: list[str] = dataclasses.field(default_factory=list)
+    to_finalize: list[str] = dataclasses.field(default_factory=list)
+    to_assemble: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{len(self.unfinished)} unfinished uploads, {len(self.to_finalize)} to finalize, "
+                f"{len(self.to_assemble)} to assemble, {len(self.removed_orphans)} orphans removed, "
+                f"{len(self.rolled_back)} interrupted checksum requests rolled back")
+
+
+class FileStore:
+    def __init__(self, staging_dir: Path, durable: bool = True) -> None:
+        self.staging_dir = Path(staging_dir)
+        self.uploads_dir = self.staging_dir / "uploads"
+        self.durable = durable
+
+    def prepare(self) -> None:
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- naming ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_hex(16)
+
+    def paths(self, upload_id: str) -> UploadPaths:
+        if not UPLOAD_ID.match(upload_id):
+            # ids come from URLs: anything else could name a path outside the store
+            raise errors.NotFound()
+        base = self.uploads_dir / upload_id
+        return UploadPaths(*(base.with_name(f"{upload_id}.{suffix}") for suffix in
+                             ("bin", "info", "status", "sha256", "pending", "gone")))
+
+    def list_ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.uploads_dir)
+        except FileNotFoundError:
+            return []
+        return sorted({name[:-5] for name in names if name.endswith(".info") and UPLOAD_ID.match(name[:-5])})
+
+    # -- records --------------------------------------------------------------------------------
+
+    def create(self, info: UploadInfo) -> UploadInfo:
+        """The data file first, the info record last: an upload exists once its record does."""
+        paths = self.paths(info.id)
+        fd = os.open(paths.data, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+        write_atomic(paths.info, info.to_json().encode(), self.durable)
+        return self.load(info.id)
+
+    def load(self, upload_id: str) -> UploadInfo:
+        paths = self.paths(upload_id)
+        try:
+            info = UploadInfo.from_json(paths.info.read_bytes())
+        except FileNotFoundError:
+            if paths.gone.exists():
+                raise errors.Gone(self._gone_reason(paths)) from None
+            raise errors.NotFound() from None
+        try:
+            stat = os.stat(paths.data)
+            return dataclasses.replace(info, offset=stat.st_size, last_write_at=stat.st_mtime)
+        except FileNotFoundError:
+            # installed (data moved into the models directory) or failed and cleaned: the status knows
+            status = self.read_status(upload_id) or {}
+            offset = int(status.get("offset", info.length or 0)) if status.get("state") in TERMINAL_STATES else 0
+            return dataclasses.replace(info, offset=offset, last_write_at=float(status.get("updated_at", 0)))
+
+    def save_info(self, info: UploadInfo) -> None:
+        write_atomic(self.paths(info.id).info, info.to_json().encode(), self.durable)
+
+    def declare_length(self, info: UploadInfo, length: int) -> UploadInfo:
+        updated = dataclasses.replace(info, length=length)
+        self.save_info(updated)
+        return updated
+
+    def read_status(self, upload_id: str) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.paths(upload_id).status.read_bytes()))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def write_status(self, upload_id: str, **fields: Any) -> dict[str, Any]:
+        """Merges fields into the status record; `state` transitions are the caller's business."""
+        status = self.read_status(upload_id) or {}
+        status.update(fields)
+        status["updated_at"] = time.time()
+        write_atomic(self.paths(upload_id).status, json.dumps(status, sort_keys=True).encode(), self.durable)
+        return status
+
+    def mark_queued(self, info: UploadInfo) -> dict[str, Any]:
+        current = self.read_status(info.id)
+        if current and current.get("state") in TERMINAL_STATES:
+            return current
+        return self.write_status(info.id, state=QUEUED, offset=info.offset, reason=None,
+                                 queued_at=time.time())
+
+    def terminate(self, upload_id: str, reason: str) -> None:
+        paths = self.paths(upload_id)
+        write_atomic(paths.gone, json.dumps({"reason": reason, "at": time.time()}).encode(), self.durable)
+        for path in (paths.info, paths.data, paths.status, paths.checkpoint, paths.pending):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _gone_reason(self, paths: UploadPaths) -> str:
+        try:
+            return str(json.loads(paths.gone.read_bytes()).get("reason") or "")
+        except (OSError, ValueError):
+            return ""
+
+    def remove_data(self, upload_id: str) -> None:
+        paths = self.paths(upload_id)
+        for path in (paths.data, paths.checkpoint, paths.pending):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    # -- sha256 checkpoints -----------------------------------------------------------------------
+
+    def load_checkpoint(self, upload_id: str) -> tuple[int, bytes] | None:
+        try:
+            raw = self.paths(upload_id).checkpoint.read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(raw) != _CHECKPOINT.size + 112:
+            return None
+        (offset,) = _CHECKPOINT.unpack_from(raw)
+        return offset, raw[_CHECKPOINT.size:]
+
+    def save_checkpoint(self, upload_id: str, offset: int, state: bytes) -> None:
+        # not fsynced: a lost or stale checkpoint costs a re-read, never a wrong digest, because it is
+        # only written after the data up to `offset` is durable and is checked against the file length
+        write_atomic(self.paths(upload_id).checkpoint, _CHECKPOINT.pack(offset) + state, durable=False)
+
+    def drop_checkpoint(self, upload_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.paths(upload_id).checkpoint.unlink()
+
+    def digest_if_known(self, info: UploadInfo) -> str | None:
+        """The whole file's sha256 from the checkpoint, when it covers exactly the complete upload."""
+        checkpoint = self.load_checkpoint(info.id)
+        if checkpoint is None or info.length is None or checkpoint[0] != info.length or not digest.available():
+            return None
+        return digest.ResumableSha256(checkpoint[1]).hexdigest()
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def open_writer(self, info: UploadInfo, sync_interval: int) -> UploadWriter:
+        return UploadWriter(self, info, sync_interval)
+
+    # -- maintenance ------------------------------------------------------------------------------
+
+    def iter_infos(self) -> Iterator[UploadInfo]:
+        for upload_id in self.list_ids():
+            with contextlib.suppress(errors.HTTPError, OSError, ValueError, KeyError):
+                yield self.load(upload_id)
+
+    def reserved_bytes(self) -> int:
+        """Bytes that unfinished uploads still need on this filesystem."""
+        total = 0
+        for info in self.iter_infos():
+            if info.length is None:
+                continue
+            status = self.read_status(info.id) or {}
+            if status.get("state") in TERMINAL_STATES:
+                continue
+            total += max(0, info.length - info.offset)
+        return total
+
+    def unfinished_count(self) -> int:
+        return sum(1 for info in self.iter_infos() if not info.is_complete and not info.is_partial)
+
+    def reconcile(self, orphan_age: float = 60.0) -> ReconcileReport:
+        """Brings the store back to a consistent state after a crash; safe while other processes run."""
+        report = ReconcileReport()
+        self.prepare()
+        now = time.time()
+        known = set(self.list_ids())
+        for name in os.listdir(self.uploads_dir):
+            path = self.uploads_dir / name
+            upload_id, _, suffix = name.partition(".")
+            try:
+                age = now - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if ".tmp-" in suffix and age > orphan_age:
+                path.unlink(missing_ok=True)
+                report.removed_orphans.append(name)
+            elif suffix == "bin" and upload_id not in known and age > orphan_age:
+                path.unlink(missing_ok=True)
+                report.removed_orphans.append(name)
+        for upload_id in sorted(known):
+            self._reconcile_one(upload_id, report)
+        return report
+
+    def _reconcile_one(self, upload_id: str, report: ReconcileReport) -> None:
+        paths = self.paths(upload_id)
+        pending = _read_int(paths.pending)
+        if pending is not None:
+            # a PATCH with Upload-Checksum died before its bytes were verified: they must not count
+            with contextlib.suppress(FileNotFoundError):
+                os.truncate(paths.data, pending)
+            checkpoint = self.load_checkpoint(upload_id)
+            if checkpoint and checkpoint[0] > pending:
+                self.drop_checkpoint(upload_id)
+            paths.pending.unlink(missing_ok=True)
+            report.rolled_back.append(upload_id)
+        try:
+            info = self.load(upload_id)
+        except (errors.HTTPError, ValueError, KeyError):
+            return
+        status = self.read_status(upload_id)
+        state = (status or {}).get("state")
+        if state in TERMINAL_STATES:
+            return
+        if info.is_final and status is None:
+            report.to_assemble.append(upload_id)
+        elif info.is_complete and not info.is_partial:
+            report.to_finalize.append(upload_id)
+        elif not info.is_complete:
+            if self.durable and paths.data.exists():
+                _fsync_path(paths.data)  # whatever survived the crash is what HEAD will now promise
+            report.unfinished.append(upload_id)
+
+    def sweep(self, expire_after: float, now: float | None = None) -> list[str]:
+        """Expires unfinished uploads idle for expire_after, and records of finished ones after that long."""
+        now = time.time() if now is None else now
+        swept = []
+        for info in list(self.iter_infos()):
+            status = self.read_status(info.id) or {}
+            if status.get("state") in TERMINAL_STATES:
+                if now - float(status.get("updated_at", now)) > expire_after:
+                    self.terminate(info.id, f"the record of this {status['state']} upload expired")
+                    swept.append(info.id)
+            elif not info.is_complete and now - max(info.last_write_at, info.created_at) > expire_after:
+                self.terminate(info.id, "this upload expired: nothing was received for too long")
+                swept.append(info.id)
+        for name in os.listdir(self.uploads_dir):
+            if name.endswith(".gone"):
+                path = self.uploads_dir / name
+                with contextlib.suppress(FileNotFoundError):
+                    if now - path.stat().st_mtime > 4 * expire_after:
+                        path.unlink()
+        return swept
+
+
+class UploadWriter:
+    """Appends one request's bytes to an upload; used from one thread at a time, never on the event loop.
+
+    Keeps a running sha256 of the whole file (resumed from the last checkpoint) and syncs every
+    `sync_interval` bytes: fdatasync, then drop the synced pages from the page cache so a huge upload
+    does not evict the model llama-server has mapped, then checkpoint the hash.
+    """
+
+    def __init__(self, store: FileStore, info: UploadInfo, sync_interval: int) -> None:
+        self.store = store
+        self.info = info
+        self.paths = store.paths(info.id)
+        self.sync_interval = sync_interval
+        self.fd = os.open(self.paths.data, os.O_WRONLY)
+        self.offset = os.fstat(self.fd).st_size
+        self.synced_offset = self.offset
+        self.kicked_offset = self.offset
+        self.hasher = self._resume_hasher()
+
+    def _resume_hasher(self) -> digest.ResumableSha256 | None:
+        if not digest.available() or self.info.is_partial:
+            return None
+        if self.offset == 0:
+            return digest.ResumableSha256()
+        checkpoint = self.store.load_checkpoint(self.info.id)
+        if checkpoint is None or checkpoint[0] > self.offset or self.offset - checkpoint[0] > _MAX_TAIL_REHASH:
+            self.store.drop_checkpoint(self.info.id)
+            return None
+        hasher = digest.ResumableSha256(checkpoint[1])
+        position = checkpoint[0]
+        with open(self.paths.data, "rb", buffering=0) as source:
+            source.seek(position)
+            while position < self.offset:
+                block = source.read(min(_READ_BLOCK, self.offset - position))
+                if not block:
+                    return None
+                hasher.update(block)
+                position += len(block)
+        return hasher
+
+    def hash_state(self) -> bytes | None:
+        return self.hasher.state() if self.hasher else None
+
+    def write(self, chunks: Sequence[bytes]) -> int:
+        """Writes chunks at the end of the file; returns the new offset."""
+        views = [memoryview(chunk) for chunk in chunks if chunk]
+        position = self.offset
+        while views:
+            written = os.pwritev(self.fd, views[:1024], position)
+            position += written
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if written:
+                views[0] = views[0][written:]
+        if self.hasher is not None:
+            for chunk in chunks:
+                self.hasher.update(chunk)
+        self.offset = position
+        if self.store.durable:
+            if self.offset - self.kicked_offset >= _WRITEBACK_KICK:
+                _libc.sync_file_range(self.fd, self.kicked_offset, self.offset - self.kicked_offset,
+                                      _SYNC_FILE_RANGE_WRITE)
+                self.kicked_offset = self.offset
+            if self.offset - self.synced_offset >= self.sync_interval:
+                self.sync()
+        return self.offset
+
+    def sync(self) -> int:
+        """Makes everything written durable; returns the durable offset."""
+        if self.store.durable and self.offset != self.synced_offset:
+            os.fdatasync(self.fd)
+            os.posix_fadvise(self.fd, 0, self.offset, os.POSIX_FADV_DONTNEED)
+        self.synced_offset = self.offset
+        if self.hasher is not None:
+            self.store.save_checkpoint(self.info.id, self.offset, self.hasher.state())
+        return self.offset
+
+    def rollback(self, offset: int, hash_state: bytes | None) -> None:
+        """Cuts the file back to offset (a failed Upload-Checksum) and restores the running hash."""
+        os.ftruncate(self.fd, offset)
+        if self.store.durable:
+            os.fdatasync(self.fd)
+        self.offset = self.synced_offset = self.kicked_offset = offset
+        if hash_state is not None:
+            self.hasher = digest.ResumableSha256(hash_state)
+        checkpoint = self.store.load_checkpoint(self.info.id)
+        if checkpoint and checkpoint[0] > offset:
+            self.store.drop_checkpoint(self.info.id)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,173 @@
+"""Receiving a request body into an upload: pipelined writes off the loop, stall and release handling.
+
+The loop only collects chunks; a worker thread writes, hashes and syncs the previous batch meanwhile, so
+disk and network overlap while memory stays bounded by two batches whatever the upload size.
+Whatever stops the body (a disconnect, a stall, a release request, shutdown, a full disk) the bytes
+that arrived are written and synced before the lock is let go: the offset reported afterwards is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import hashlib
+from collections.abc import AsyncIterator, Callable
+
+from starlette.requests import ClientDisconnect
+
+from server import errors
+from server.store.filestore import UploadWriter
+
+BATCH_BYTES = 8 * 1024 * 1024
+GGUF_MAGIC = b"GGUF"
+
+
+class Interruption:
+    """Lets another party stop a running body read: a release request, a stall, or shutdown."""
+
+    def __init__(self) -> None:
+        self.task = asyncio.current_task()
+        self.reason: str | None = None
+        self.error: type[errors.HTTPError] = errors.InternalError
+
+    def interrupt(self, reason: str, error: type[errors.HTTPError] = errors.InternalError) -> None:
+        if self.reason is None and self.task is not None:
+            self.reason = reason
+            self.error = error
+            self.task.cancel()
+
+
+@dataclasses.dataclass
+class BodyResult:
+    offset: int                 # durable offset after this request
+    received: int               # body bytes stored by this request
+    error: errors.HTTPError | None = None  # why the body stopped early, if it did
+    disconnected: bool = False
+
+
+@dataclasses.dataclass
+class BodyLimits:
+    start: int                  # the upload's offset before this request
+    length: int | None          # the upload's length, if known
+    check_magic: bool           # the bytes at 0..3 must be GGUF (final uploads, not partials)
+    idle_timeout: float
+    checksum: tuple[str, bytes] | None = None
+
+
+async def receive_body(
+    stream: AsyncIterator[bytes],
+    writer: UploadWriter,
+    limits: BodyLimits,
+    interruption: Interruption,
+    run: Callable[..., asyncio.Future[object]],
+) -> BodyResult:
+    """Streams the body into writer; `run(fn, *args)` runs fn in a worker thread."""
+    loop = asyncio.get_running_loop()
+    last_activity = loop.time()
+    request_hash = hashlib.new(limits.checksum[0]) if limits.checksum else None
+    hash_at_start = writer.hash_state()
+    position = limits.start          # next byte's offset in the upload
+    batch: list[bytes] = []
+    batch_bytes = 0
+    magic_pending = b""              # the first bytes of the file, held until the magic is confirmed
+    in_flight: asyncio.Future[object] | None = None
+    stopped: errors.HTTPError | None = None
+    disconnected = False
+
+    def write_batch(chunks: list[bytes]) -> object:
+        offset = writer.write(chunks)
+        if request_hash is not None:
+            for chunk in chunks:
+                request_hash.update(chunk)
+        return offset
+
+    async def submit(chunks: list[bytes]) -> None:
+        nonlocal in_flight
+        if in_flight is not None:
+            await in_flight
+        in_flight = run(write_batch, chunks)
+
+    async def watch_idle() -> None:
+        while True:
+            await asyncio.sleep(min(1.0, limits.idle_timeout / 4))
+            if loop.time() - last_activity > limits.idle_timeout:
+                interruption.interrupt(f"nothing received for {limits.idle_timeout:g}s", errors.ReadTimeout)
+                return
+
+    watchdog = loop.create_task(watch_idle())
+    try:
+        async for chunk in stream:
+            last_activity = loop.time()
+            if limits.length is not None and position + len(chunk) > limits.length:
+                chunk = chunk[: limits.length - position]
+                stopped = errors.TooLarge("the request body goes past Upload-Length; the excess was discarded")
+            if limits.check_magic and position < len(GGUF_MAGIC):
+                magic_pending += chunk
+                needed = len(GGUF_MAGIC) - limits.start
+                if len(magic_pending) < needed:
+                    position += len(chunk)
+                    continue
+                if magic_pending[:needed] != GGUF_MAGIC[limits.start:]:
+                    magic_pending = b""
+                    raise errors.NotGGUF()
+                chunk, magic_pending = magic_pending, b""
+                position = limits.start
+            if chunk:
+                batch.append(chunk)
+                batch_bytes += len(chunk)
+                position += len(chunk)
+            if stopped is not None:
+                break
+            if batch_bytes >= BATCH_BYTES:
+                await submit(batch)
+                batch, batch_bytes = [], 0
+    except ClientDisconnect:
+        disconnected = True
+    except asyncio.CancelledError:
+        if interruption.reason is None:
+            raise  # a cancellation that is not ours (the server is being killed): nothing to save
+        interruption.task.uncancel()  # type: ignore[union-attr]
+        stopped = interruption.error(f"this request was stopped: {interruption.reason}; the bytes received "
+                                     "so far are saved, resume from Upload-Offset")
+    except errors.HTTPError as exc:
+        stopped = exc
+    finally:
+        watchdog.cancel()
+    if magic_pending and GGUF_MAGIC[limits.start:].startswith(magic_pending):
+        batch.insert(0, magic_pending)  # an honest prefix of the magic that arrived before a disconnect
+    try:
+        if in_flight is not None:
+            await in_flight
+            in_flight = None
+        if batch:
+            await run(write_batch, batch)
+        if request_hash is not None and limits.checksum is not None:
+            complete = stopped is None and not disconnected
+            if not complete or request_hash.digest() != limits.checksum[1]:
+                await run(writer.rollback, limits.start, hash_at_start)
+                if complete:
+                    stopped = errors.ChecksumMismatch()
+        offset = await run(writer.sync)
+    except OSError as exc:
+        with contextlib.suppress(Exception):
+            if in_flight is not None:
+                await in_flight
+        offset = await run(_recover_offset, writer)
+        stopped = _storage_error(exc)
+    return BodyResult(offset=int(offset), received=int(offset) - limits.start, error=stopped,  # type: ignore[call-overload]
+                      disconnected=disconnected)
+
+
+def _recover_offset(writer: UploadWriter) -> int:
+    """After a failed write: the file keeps only whole batches, so the running hash still matches it."""
+    writer.rollback(writer.offset, writer.hash_state())
+    return writer.sync()
+
+
+def _storage_error(exc: OSError) -> errors.HTTPError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errors.InsufficientStorage("the disk is full; the bytes received so far are saved. Free space "
+                                          "and resume the upload")
+    return errors.InternalError(f"writing the upload failed ({exc.strerror}); the bytes received so far are saved")

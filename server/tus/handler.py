@@ -1,0 +1,345 @@
+"""The tus 1.0 protocol: OPTIONS, POST, HEAD, PATCH, DELETE on `/files/`.
+
+Every request is checked in a fixed order before a body byte is stored (tusd's PatchFile order):
+cheap headers, then auth, then the upload's record, then the lock, then the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.utils
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server import errors
+from server.admission import Admission
+from server.finalizer import Finalizer
+from server.locks.locker import AsyncLocker
+from server.metrics import Metrics
+from server.settings import Settings
+from server.store.filestore import FileStore
+from server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, TERMINAL_STATES, UploadInfo
+from server.tus import headers as tus
+from server.tus.assemble import assemble_final
+from server.tus.body import BodyLimits, Interruption, receive_body
+
+log = logging.getLogger("modeldrop.tus")
+
+BASE_PATH = "/files/"
+EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "termination", "expiration",
+              "checksum", "concatenation")
+STATUS_HEADER = "Modeldrop-Status"
+
+
+class TusHandler:
+    def __init__(self, settings: Settings, store: FileStore, locker: AsyncLocker, admission: Admission,
+                 finalizer: Finalizer, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.locker = locker
+        self.admission = admission
+        self.finalizer = finalizer
+        self.metrics = metrics
+        self.active: dict[str, Interruption] = {}
+        self.shutting_down = False
+        self.options_headers = {
+            "Tus-Resumable": tus.TUS_VERSION,
+            "Tus-Version": tus.TUS_VERSION,
+            "Tus-Extension": ",".join(EXTENSIONS),
+            "Tus-Max-Size": str(settings.max_size),
+            "Tus-Checksum-Algorithm": ",".join(tus.CHECKSUM_ALGORITHMS),
+        }
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    async def _io(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args))
+
+    def _run(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args))
+
+    def _base_url(self, request: Request) -> str:
+        scheme, host = request.url.scheme, request.headers.get("host") or request.url.netloc
+        if self.settings.trust_proxy:
+            forwarded_scheme, forwarded_host = tus.parse_forwarded(request.headers)
+            scheme = forwarded_scheme or scheme
+            host = forwarded_host or host
+        if (scheme, host.rsplit(":", 1)[-1]) in (("https", "443"), ("http", "80")):
+            host = host.rsplit(":", 1)[0]
+        return f"{scheme}://{host}"
+
+    def _upload_headers(self, info: UploadInfo) -> dict[str, str]:
+        headers = {"Tus-Resumable": tus.TUS_VERSION, STATUS_HEADER: f"/api/uploads/{info.id}"}
+        if not info.is_complete:
+            expires = max(info.last_write_at, info.created_at) + self.settings.expire_after
+            headers["Upload-Expires"] = email.utils.formatdate(expires, usegmt=True)
+        return headers
+
+    def _check_common(self, request: Request) -> None:
+        if self.shutting_down:
+            raise errors.ServiceUnavailable(headers={"Retry-After": "5"})
+        tus.check_tus_resumable(request.headers.get("tus-resumable"))
+        self.admission.check_auth(request.headers)
+
+    async def _load(self, upload_id: str) -> UploadInfo:
+        return await self._io(self.store.load, upload_id)  # type: ignore[no-any-return]
+
+    # -- OPTIONS --------------------------------------------------------------------------------
+
+    async def options(self, request: Request) -> Response:
+        return Response(status_code=204, headers=self.options_headers)
+
+    # -- POST: creation, creation-with-upload, concatenation -------------------------------------
+
+    async def post(self, request: Request) -> Response:
+        self._check_common(request)
+        h = request.headers
+        concat = tus.parse_upload_concat(h.get("upload-concat"))
+        metadata = tus.parse_metadata(h.get("upload-metadata"), self.settings.max_metadata)
+        sha256 = tus.validate_sha256(metadata.get("sha256"))
+        if concat is not None and concat.kind == CONCAT_FINAL:
+            if "upload-length" in h or "upload-defer-length" in h:
+                raise errors.InvalidHeader("a final concatenation must not send Upload-Length: it is the sum of "
+                                           "its partial uploads")
+            length: int | None = None
+        else:
+            length = tus.parse_creation_length(h)
+            if length is not None and length > self.settings.max_size:
+                raise errors.TooLarge(f"the upload is {length} bytes; this server accepts at most "
+                                      f"{self.settings.max_size} (Tus-Max-Size)")
+        is_partial = concat is not None and concat.kind == CONCAT_PARTIAL
+        filename = None if is_partial and "filename" not in metadata else tus.validate_filename(metadata.get("filename"))
+        if filename is not None and not is_partial:
+            await self._io(self.admission.check_name_free, filename)
+        if length == 0 and not is_partial:
+            raise errors.NotGGUF("an empty file is not a GGUF model")
+        body_type = h.get("content-type")
+        has_body = int(h.get("content-length") or 0) > 0 or "chunked" in h.get("transfer-encoding", "")
+        if has_body:
+            tus.check_patch_content_type(body_type)
+
+        info = UploadInfo(id=self.store.new_id(), length=length, metadata_header=h.get("upload-metadata", ""),
+                          metadata=metadata, filename=filename, sha256_expected=sha256, created_at=time.time(),
+                          concat=concat.kind if concat else None)
+        if concat is not None and concat.kind == CONCAT_FINAL:
+            return await self._create_final(request, info, concat.parts)
+        await self._io(self.admission.check_capacity, length)
+        info = await self._io(self.store.create, info)
+        self.metrics.uploads_created.inc()
+        log.info("created upload=%s filename=%s length=%s%s", info.id, filename, length,
+                 f" concat={info.concat}" if info.concat else "")
+        location = f"{self._base_url(request)}{BASE_PATH}{info.id}"
+        response_headers = {"Location": location, **self._upload_headers(info)}
+        if has_body:
+            async with await self._lock(info.id) as lock:
+                info = await self._load(info.id)
+                outcome = await self._write_body(request, info, lock)
+                response_headers.update(self._upload_headers(outcome))
+                response_headers["Upload-Offset"] = str(outcome.offset)
+        return Response(status_code=201, headers=response_headers)
+
+    async def _create_final(self, request: Request, info: UploadInfo, urls: tuple[str, ...]) -> Response:
+        part_ids = []
+        for url in urls:
+            part_id = tus.upload_id_from_url(url, BASE_PATH)
+            if part_id is None:
+                raise errors.InvalidHeader(f"Upload-Concat names {url[:80]!r}, which is not an upload of this server")
+            part_ids.append(part_id)
+        parts = [await self._load(part_id) for part_id in part_ids]
+        for part in parts:
+            if not part.is_partial:
+                raise errors.InvalidHeader(f"upload {part.id} was not created with Upload-Concat: partial")
+            if not part.is_complete:
+                raise errors.InvalidHeader(f"partial upload {part.id} is not complete yet (concatenation-unfinished "
+                                           "is not supported)")
+        length = sum(part.length or 0 for part in parts)
+        if length > self.settings.max_size:
+            raise errors.TooLarge(f"the concatenated upload would be {length} bytes; at most "
+                                  f"{self.settings.max_size} are accepted")
+        if length == 0:
+            raise errors.NotGGUF("an empty file is not a GGUF model")
+        await self._io(self.admission.check_capacity, length)
+        info = dataclasses.replace(info, length=length, parts=tuple(part_ids))
+        await self._io(assemble_final, self.store, info, parts)
+        info = await self._load(info.id)
+        self.metrics.uploads_created.inc()
+        log.info("created final upload=%s filename=%s length=%s parts=%d", info.id, info.filename, length, len(parts))
+        await self._completed(info)
+        headers = {"Location": f"{self._base_url(request)}{BASE_PATH}{info.id}", **self._upload_headers(info)}
+        return Response(status_code=201, headers=headers)
+
+    # -- HEAD -----------------------------------------------------------------------------------
+
+    async def head(self, request: Request) -> Response:
+        self._check_common(request)
+        upload_id = request.path_params["upload_id"]
+        info = await self._load(upload_id)
+        if not info.is_complete and not info.is_final:
+            # a stale PATCH may still hold this upload: ask it to save and let go, so the offset is durable
+            async with await self._lock(upload_id):
+                info = await self._load(upload_id)
+        headers = {**self._upload_headers(info), "Cache-Control": "no-store"}
+        status = await self._io(self.store.read_status, upload_id) if info.is_final else None
+        if not info.is_final or status is not None:
+            headers["Upload-Offset"] = str(info.offset)
+        if info.length is None:
+            headers["Upload-Defer-Length"] = "1"
+        else:
+            headers["Upload-Length"] = str(info.length)
+        if info.metadata_header:
+            headers["Upload-Metadata"] = info.metadata_header
+        if info.concat == CONCAT_PARTIAL:
+            headers["Upload-Concat"] = "partial"
+        elif info.concat == CONCAT_FINAL:
+            base = self._base_url(request)
+            headers["Upload-Concat"] = "final;" + " ".join(f"{base}{BASE_PATH}{part}" for part in info.parts)
+        return Response(status_code=200, headers=headers)
+
+    # -- PATCH ----------------------------------------------------------------------------------
+
+    async def patch(self, request: Request) -> Response:
+        self._check_common(request)
+        h = request.headers
+        tus.check_patch_content_type(h.get("content-type"))
+        offset_header = h.get("upload-offset")
+        if offset_header is None:
+            raise errors.InvalidHeader("PATCH needs Upload-Offset")
+        client_offset = tus.parse_non_negative("Upload-Offset", offset_header)
+        declared_length = None
+        if "upload-length" in h:
+            declared_length = tus.parse_non_negative("Upload-Length", h["upload-length"])
+        checksum = tus.parse_upload_checksum(h.get("upload-checksum"))
+        content_length = int(h["content-length"]) if h.get("content-length", "").isdigit() else None
+        upload_id = request.path_params["upload_id"]
+
+        info = await self._load(upload_id)
+        if info.is_final:
+            raise errors.Forbidden("a final concatenated upload cannot be patched")
+        if info.is_complete and client_offset == info.offset and not content_length:
+            return Response(status_code=204, headers={**self._upload_headers(info), "Upload-Offset": str(info.offset)})
+        async with await self._lock(upload_id) as lock:
+            info = await self._load(upload_id)
+            if client_offset != info.offset:
+                raise errors.OffsetMismatch(f"Upload-Offset is {client_offset} but the upload has {info.offset} "
+                                            "bytes; resume from there", headers={"Upload-Offset": str(info.offset)})
+            if declared_length is not None:
+                info = await self._declare_length(info, declared_length)
+            if info.length is not None and content_length is not None and info.offset + content_length > info.length:
+                raise errors.TooLarge(f"this request would take the upload to {info.offset + content_length} bytes, "
+                                      f"past its Upload-Length of {info.length}")
+            outcome = await self._write_body(request, info, lock, checksum)
+        return Response(status_code=204, headers={**self._upload_headers(outcome), "Upload-Offset": str(outcome.offset)})
+
+    async def _declare_length(self, info: UploadInfo, length: int) -> UploadInfo:
+        if info.length is not None:
+            if info.length != length:
+                raise errors.InvalidHeader(f"Upload-Length is already {info.length}; it cannot change")
+            return info
+        if length > self.settings.max_size:
+            raise errors.TooLarge(f"Upload-Length {length} is above this server's limit of {self.settings.max_size}")
+        if length < info.offset:
+            raise errors.InvalidHeader(f"Upload-Length {length} is less than the {info.offset} bytes already received")
+        await self._io(self.admission.check_space, length - info.offset)
+        return await self._io(self.store.declare_length, info, length)  # type: ignore[no-any-return]
+
+    async def _write_body(self, request: Request, info: UploadInfo, lock: Any,
+                          checksum: tus.Checksum | None = None) -> UploadInfo:
+        """Stores the body, answers with the durable offset; raises the error that stopped it, if any."""
+        interruption = Interruption()
+        previous = self.active.get(info.id)
+        if previous is not None:
+            previous.interrupt("a newer request took over this upload")
+        self.active[info.id] = interruption
+        lock.on_release_requested = lambda: interruption.interrupt("another request asked for this upload")
+        writer = await self._io(self.store.open_writer, info, self.settings.sync_interval)
+        if checksum is not None:
+            await self._io(self._mark_pending, info.id, info.offset)
+        limits = BodyLimits(start=info.offset, length=info.length, check_magic=not info.is_partial,
+                            idle_timeout=self.settings.idle_timeout,
+                            checksum=(checksum.algorithm, checksum.digest) if checksum else None)
+        try:
+            result = await receive_body(request.stream(), writer, limits, interruption, self._run)
+        finally:
+            await self._io(writer.close)
+            if checksum is not None:
+                await self._io(self._clear_pending, info.id)
+            if self.active.get(info.id) is interruption:
+                del self.active[info.id]
+        self.metrics.bytes_received.inc(max(0, result.received))
+        info = dataclasses.replace(info, offset=result.offset, last_write_at=time.time())
+        self._log_progress(info, limits.start)
+        if info.is_complete:
+            await self._completed(info)
+        if result.error is not None:
+            if isinstance(result.error, errors.NotGGUF):
+                await self._io(self.store.write_status, info.id, state="failed", reason=result.error.message)
+            result.error.headers.setdefault("Upload-Offset", str(result.offset))
+            if result.disconnected or interruption.reason:
+                log.info("upload=%s stopped at %d: %s", info.id, result.offset, result.error.message)
+            raise result.error
+        return info
+
+    def _mark_pending(self, upload_id: str, offset: int) -> None:
+        self.store.paths(upload_id).pending.write_text(str(offset))
+
+    def _clear_pending(self, upload_id: str) -> None:
+        self.store.paths(upload_id).pending.unlink(missing_ok=True)
+
+    def _log_progress(self, info: UploadInfo, start: int) -> None:
+        if not info.length:
+            return
+        before, after = start * 10 // info.length, info.offset * 10 // info.length
+        if after > before:
+            log.info("progress upload=%s %d%% (%d of %d bytes)", info.id, after * 10, info.offset, info.length)
+
+    async def _completed(self, info: UploadInfo) -> None:
+        """The last byte is durable: hand the upload to the finalizer (partials are not models on their own)."""
+        if info.is_partial:
+            return
+        self.metrics.uploads_finished.inc()
+        log.info("completed upload=%s filename=%s length=%s", info.id, info.filename, info.length)
+        await self._io(self.store.mark_queued, info)
+        try:
+            await self._io(self.finalizer.submit, info.id)
+        except Exception as exc:  # Redis down: the requeue loop submits it once Redis is back
+            log.warning("upload=%s could not be queued for finalize yet: %s", info.id, exc)
+
+    async def _lock(self, upload_id: str) -> Any:
+        started = time.monotonic()
+        lock = await self.locker.acquire(f"upload-{upload_id}", lambda: None)
+        waited = time.monotonic() - started
+        if waited > 0.01:
+            self.metrics.lock_waits.inc()
+        return lock
+
+    # -- DELETE ---------------------------------------------------------------------------------
+
+    async def delete(self, request: Request) -> Response:
+        self._check_common(request)
+        upload_id = request.path_params["upload_id"]
+        info = await self._load(upload_id)
+        async with await self._lock(upload_id):
+            info = await self._load(upload_id)
+            status = await self._io(self.store.read_status, upload_id) or {}
+            if info.is_complete and not info.is_partial and status.get("state") not in TERMINAL_STATES:
+                raise errors.AlreadyInstalled("this upload is complete and being installed; it can no longer be "
+                                              "terminated (delete the model afterwards instead)")
+            await self._io(self.store.terminate, upload_id, "this upload was terminated by its client")
+        self.metrics.uploads_terminated.inc()
+        log.info("terminated upload=%s", upload_id)
+        return Response(status_code=204, headers={"Tus-Resumable": tus.TUS_VERSION})
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: refuse new requests, make running bodies save what they have and answer."""
+        self.shutting_down = True
+        for interruption in list(self.active.values()):
+            interruption.interrupt("the server is shutting down", errors.ServiceUnavailable)

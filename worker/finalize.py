@@ -1,0 +1,388 @@
+"""finalize_upload(upload_id): the one job that turns a finished upload into an installed model.
+
+A plain function, as RQ jobs are. Idempotent: it can be killed at any line and run again, and it ends
+with the upload `installed` exactly once or `failed` with a reason a person understands. The steps:
+lock, fsync, size, GGUF structure, sha256, permissions, publish (no clobber), record, tell llama-server.
+Split shards are staged one by one and published together as one directory when the set is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from server import gguf
+from server.catalog import Catalog, public_facts
+from server.finalizer import finalize_lock_name
+from server.locks import RENEW_EVERY, Held, LockSpace
+from server.settings import Settings
+from server.store.filestore import FileStore, fsync_directory, write_atomic
+from server.store.info import FAILED, INSTALLED, TERMINAL_STATES, VERIFYING, UploadInfo
+from worker.publish import NameTaken, notify_llama_server, publish, same_file, set_permissions
+
+log = logging.getLogger("modeldrop.finalize")
+
+MAX_ATTEMPTS = 5
+LOCK_WAIT = 5.0
+PROGRESS_EVERY = 2.0
+_HASH_BLOCK = 8 * 1024 * 1024
+
+
+class Busy(Exception):
+    """Another process is finalizing this upload right now; RQ retries later."""
+
+
+@dataclasses.dataclass
+class Context:
+    settings: Settings
+    store: FileStore
+    locks: LockSpace
+    catalog: Catalog
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.settings.models_dir)
+
+    @property
+    def sets_dir(self) -> Path:
+        return Path(self.settings.staging_dir) / "sets"
+
+
+_context: Context | None = None
+
+
+def configure(settings: Settings) -> Context:
+    """Called once per process (the worker's main, or the server in embedded mode)."""
+    global _context
+    redis_client = None
+    if settings.redis_url:
+        import redis
+
+        redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    store = FileStore(settings.staging_dir, durable=settings.fsync)
+    store.prepare()
+    locks = LockSpace(settings.staging_dir, redis_client)
+    locks.prepare()
+    _context = Context(settings, store, locks, Catalog(settings.models_dir, settings.staging_dir))
+    return _context
+
+
+def finalize_upload(upload_id: str) -> dict[str, Any]:
+    """The RQ job. Returns the final (or current) status record."""
+    if _context is None:
+        raise RuntimeError("worker.finalize.configure(settings) was not called in this process")
+    ctx = _context
+    with _holding(ctx.locks, finalize_lock_name(upload_id), LOCK_WAIT) as held:
+        if held is None:
+            raise Busy(f"upload {upload_id} is being finalized by another process")
+        return _finalize(ctx, upload_id)
+
+
+@contextlib.contextmanager
+def _holding(locks: LockSpace, name: str, wait: float) -> Iterator[Held | None]:
+    held = locks.acquire_blocking(name, wait)
+    if held is None:
+        yield None
+        return
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(RENEW_EVERY):
+            with contextlib.suppress(Exception):
+                held.renew()
+
+    renewer = threading.Thread(target=renew, name=f"renew-{name}", daemon=True)
+    renewer.start()
+    try:
+        yield held
+    finally:
+        stop.set()
+        held.release()
+
+
+class Rejected(Exception):
+    """The upload cannot become a model; the message is the reason shown to the user."""
+
+
+def _finalize(ctx: Context, upload_id: str) -> dict[str, Any]:
+    store = ctx.store
+    info = store.load(upload_id)
+    status = store.read_status(upload_id) or {}
+    if status.get("state") in TERMINAL_STATES:
+        return status
+    if not info.is_complete and store.paths(upload_id).data.exists():
+        log.warning("upload=%s is not complete (%s of %s bytes); nothing to finalize", upload_id, info.offset,
+                    info.length)
+        return status
+    attempts = int(status.get("attempts", 0)) + 1
+    if attempts > MAX_ATTEMPTS:
+        return _fail(ctx, info, f"installing failed {MAX_ATTEMPTS} times; last error: {status.get('last_error')}")
+    started = float(status.get("started_at") or time.time())
+    store.write_status(upload_id, state=VERIFYING, attempts=attempts, started_at=started, progress=0.0)
+    log.info("verifying upload=%s filename=%s attempt=%d", upload_id, info.filename, attempts)
+    try:
+        return _install(ctx, info, store.read_status(upload_id) or {})
+    except Rejected as exc:
+        return _fail(ctx, info, str(exc))
+    except Exception as exc:
+        store.write_status(upload_id, last_error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _install(ctx: Context, info: UploadInfo, status: dict[str, Any]) -> dict[str, Any]:
+    assert info.filename is not None
+    data = ctx.store.paths(info.id).data
+    try:
+        shard = gguf.parse_shard_name(info.filename)
+    except gguf.GGUFError as exc:
+        raise Rejected(exc.reason) from None
+    if not data.exists():
+        return _resume_after_move(ctx, info, status, shard)
+    facts = _verify(ctx, info, data)
+    if shard is not None:
+        _check_shard_keys(shard, facts)
+    digest = _sha256(ctx, info, data)
+    if info.sha256_expected and info.sha256_expected != digest:
+        raise Rejected(f"sha256 mismatch: the file's sha256 is {digest} but {info.sha256_expected} was expected; "
+                       "the upload is corrupt or the expected digest is for another file")
+    settings = ctx.settings
+    set_permissions(data, settings.file_mode, settings.file_uid, settings.file_gid)
+    stat = data.stat()
+    ctx.store.write_status(info.id, sha256=digest, gguf=public_facts(facts), progress=1.0,
+                           publish_inode=[stat.st_dev, stat.st_ino])
+    if shard is not None:
+        return _stage_shard(ctx, info, shard, data)
+    target = ctx.models_dir / info.filename
+    try:
+        publish(data, target, overwrite=settings.allow_overwrite)
+    except NameTaken:
+        if not same_file(data, target):  # a link made before a crash is ours; anything else is not
+            raise Rejected(f"a model named {info.filename!r} is already installed; it was not replaced") from None
+        data.unlink()
+    return _record_installed(ctx, info, target, info.filename)
+
+
+def _verify(ctx: Context, info: UploadInfo, data: Path) -> gguf.GGUFFacts:
+    fd = os.open(data, os.O_RDONLY)
+    try:
+        if ctx.store.durable:
+            os.fsync(fd)
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if size != info.length:
+        raise Rejected(f"size mismatch: {size} bytes were stored but Upload-Length was {info.length}")
+    try:
+        facts = gguf.read_facts(data, size)
+        gguf.check_complete(facts, size)
+    except gguf.GGUFError as exc:
+        raise Rejected(exc.reason) from None
+    if facts.architecture is None and facts.split_no in (None, 0):
+        raise Rejected("the GGUF header has no general.architecture: llama-server cannot load it")
+    return facts
+
+
+def _check_shard_keys(shard: gguf.ShardName, facts: gguf.GGUFFacts) -> None:
+    if shard.count == 1 and facts.split_count is None:
+        return
+    if facts.split_count != shard.count or facts.split_no != shard.number - 1:
+        raise Rejected(f"the file is named as shard {shard.number} of {shard.count}, but its header says split.no "
+                       f"{facts.split_no} of split.count {facts.split_count}")
+
+
+def _sha256(ctx: Context, info: UploadInfo, data: Path) -> str:
+    """From the checkpoint kept while the bytes arrived, or one sequential read as the fallback."""
+    known = ctx.store.digest_if_known(info)
+    if known is not None:
+        return known
+    digest = hashlib.sha256()
+    done = 0
+    last_report = time.monotonic()
+    with open(data, "rb", buffering=0) as source:
+        while block := source.read(_HASH_BLOCK):
+            digest.update(block)
+            done += len(block)
+            if time.monotonic() - last_report > PROGRESS_EVERY and info.length:
+                last_report = time.monotonic()
+                ctx.store.write_status(info.id, progress=round(done / info.length, 4))
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(source.fileno(), 0, done, os.POSIX_FADV_DONTNEED)
+    return digest.hexdigest()
+
+
+def _resume_after_move(ctx: Context, info: UploadInfo, status: dict[str, Any],
+                       shard: gguf.ShardName | None) -> dict[str, Any]:
+    """The data left staging before the outcome was recorded: find where it went by its inode."""
+    inode = status.get("publish_inode")
+    assert info.filename is not None
+    if shard is None:
+        target = ctx.models_dir / info.filename
+        if inode and target.exists() and [target.stat().st_dev, target.stat().st_ino] == inode:
+            return _record_installed(ctx, info, target, info.filename)
+        raise Rejected("the upload's data is gone from staging and was not installed")
+    published = ctx.models_dir / shard.prefix / info.filename
+    if inode and published.exists() and [published.stat().st_dev, published.stat().st_ino] == inode:
+        _record_set_installed(ctx, shard)
+        return ctx.store.read_status(info.id) or {}
+    staged = ctx.sets_dir / shard.prefix / info.filename
+    if staged.exists():
+        return _stage_shard(ctx, info, shard, None)
+    raise Rejected("the shard's data is gone from staging and its set was not installed")
+
+
+# -- split sets ---------------------------------------------------------------------------------
+
+
+def _members_path(ctx: Context, prefix: str) -> Path:
+    return ctx.sets_dir / f"{prefix}.members.json"
+
+
+def _read_members(ctx: Context, prefix: str) -> dict[str, str]:
+    try:
+        return {str(k): str(v) for k, v in json.loads(_members_path(ctx, prefix).read_bytes()).items()}
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _set_lock_name(prefix: str) -> str:
+    return "set-" + hashlib.sha256(prefix.encode()).hexdigest()[:32]
+
+
+def _stage_shard(ctx: Context, info: UploadInfo, shard: gguf.ShardName, data: Path | None) -> dict[str, Any]:
+    """Adds a verified shard to its set in staging; publishes the set when every shard is there."""
+    set_dir = ctx.sets_dir / shard.prefix
+    with _holding(ctx.locks, _set_lock_name(shard.prefix), 60.0) as held:
+        if held is None:
+            raise Busy(f"the split set {shard.prefix!r} is being updated by another process")
+        if (ctx.models_dir / shard.prefix).exists() and not ctx.settings.allow_overwrite:
+            raise Rejected(f"a split model named {shard.prefix!r} is already installed; it was not replaced")
+        set_dir.mkdir(parents=True, exist_ok=True)
+        members = _read_members(ctx, shard.prefix)
+        previous = members.get(str(shard.number))
+        if data is not None:
+            os.replace(data, set_dir / info.filename)  # type: ignore[operator]
+            fsync_directory(set_dir)
+        members[str(shard.number)] = info.id
+        write_atomic(_members_path(ctx, shard.prefix), json.dumps(members).encode(), ctx.store.durable)
+        if previous and previous != info.id:
+            _fail_quietly(ctx, previous, f"replaced by a newer upload of the same shard ({info.id})")
+        present = sorted(int(number) for number in members)
+        missing = gguf.missing_shards(present, shard.count)
+        set_info = {"prefix": shard.prefix, "count": shard.count, "present": present, "missing": missing}
+        if missing:
+            listed = ", ".join(f"{number:05d}" for number in missing)
+            log.info("upload=%s shard %d of %d staged; waiting for %s", info.id, shard.number, shard.count, listed)
+            return ctx.store.write_status(info.id, state=VERIFYING, waiting_for_set=True, set=set_info,
+                                          staged=str(set_dir / info.filename), reason=None,  # type: ignore[operator]
+                                          detail=f"verified; waiting for shard(s) {listed} of {shard.count:05d}")
+        ctx.store.write_status(info.id, set=set_info, waiting_for_set=False)
+        _publish_set(ctx, shard, set_dir, members)
+    return ctx.store.read_status(info.id) or {}
+
+
+def _publish_set(ctx: Context, shard: gguf.ShardName, set_dir: Path, members: dict[str, str]) -> None:
+    shards = []
+    try:
+        for path in sorted(set_dir.iterdir()):
+            name = gguf.parse_shard_name(path.name)
+            if name is None or name.prefix != shard.prefix:
+                raise gguf.GGUFError(f"{path.name} does not belong to the split set {shard.prefix!r}")
+            shards.append((name, gguf.verify_file(path)))
+        gguf.check_split_set(shards)
+        publish(set_dir, ctx.models_dir / shard.prefix, overwrite=False)
+    except (gguf.GGUFError, NameTaken) as exc:
+        reason = (exc.reason if isinstance(exc, gguf.GGUFError)
+                  else f"a model named {shard.prefix!r} is already installed; the split set was not installed")
+        for upload_id in members.values():
+            _fail_quietly(ctx, upload_id, f"the split set cannot be installed: {reason}")
+        shutil.rmtree(set_dir, ignore_errors=True)
+        _members_path(ctx, shard.prefix).unlink(missing_ok=True)
+        return
+    _record_set_installed(ctx, shard)
+
+
+def _record_set_installed(ctx: Context, shard: gguf.ShardName) -> None:
+    members = _read_members(ctx, shard.prefix)
+    target = ctx.models_dir / shard.prefix
+    digests = {}
+    for number, upload_id in sorted(members.items()):
+        with contextlib.suppress(Exception):
+            member = ctx.store.load(upload_id)
+            status = ctx.store.read_status(upload_id) or {}
+            digests[member.filename] = status.get("sha256")
+            if status.get("state") not in TERMINAL_STATES:
+                _record_installed(ctx, member, target / str(member.filename), shard.prefix, notify=False)
+    ctx.catalog.write_record(shard.prefix, shard_sha256=digests, installed_at=time.time(),
+                             upload_ids=sorted(members.values()))
+    outcome = _notify(ctx, shard.prefix)
+    for upload_id in members.values():
+        with contextlib.suppress(Exception):
+            ctx.store.write_status(upload_id, llama_server=outcome)
+    _members_path(ctx, shard.prefix).unlink(missing_ok=True)
+
+
+# -- outcomes -------------------------------------------------------------------------------------
+
+
+def _record_installed(ctx: Context, info: UploadInfo, target: Path, entry: str, notify: bool = True) -> dict[str, Any]:
+    status = ctx.store.read_status(info.id) or {}
+    now = time.time()
+    stat = target.stat()
+    model_id = _model_id(entry)
+    ctx.store.write_status(
+        info.id, state=INSTALLED, reason=None, progress=1.0, final_name=str(target.relative_to(ctx.models_dir)),
+        model=model_id, installed_at=now, duration=round(now - float(status.get("started_at", now)), 3),
+        waiting_for_set=False, offset=info.length,
+    )
+    ctx.store.remove_data(info.id)
+    if entry == target.name:
+        ctx.catalog.write_record(entry, sha256=status.get("sha256"), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                                 upload_id=info.id, installed_at=now)
+    for part in info.parts:  # a concatenation's partials are no longer needed once the final is installed
+        with contextlib.suppress(Exception):
+            ctx.store.terminate(part, "this partial upload was concatenated and installed")
+    log.info("installed upload=%s as %s", info.id, target)
+    if notify:
+        outcome = _notify(ctx, entry)
+        ctx.store.write_status(info.id, llama_server=outcome)
+    return ctx.store.read_status(info.id) or {}
+
+
+def _notify(ctx: Context, entry: str) -> dict[str, Any] | None:
+    if not ctx.settings.llama_server_url:
+        return None
+    outcome = notify_llama_server(ctx.settings.llama_server_url, ctx.settings.llama_api_key, _model_id(entry))
+    ctx.catalog.write_record(entry, llama_server=outcome)
+    if outcome.get("error"):
+        log.warning("llama-server after installing %s: %s", entry, outcome["error"])
+    return outcome
+
+
+def _model_id(entry: str) -> str:
+    return entry[:-5] if entry.lower().endswith(".gguf") else entry
+
+
+def _fail(ctx: Context, info: UploadInfo, reason: str) -> dict[str, Any]:
+    status = ctx.store.read_status(info.id) or {}
+    now = time.time()
+    log.info("failed upload=%s filename=%s: %s", info.id, info.filename, reason)
+    return ctx.store.write_status(info.id, state=FAILED, reason=reason, waiting_for_set=False,
+                                  duration=round(now - float(status.get("started_at", now)), 3))
+
+
+def _fail_quietly(ctx: Context, upload_id: str, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        info = ctx.store.load(upload_id)
+        status = ctx.store.read_status(upload_id) or {}
+        if status.get("state") not in TERMINAL_STATES:
+            _fail(ctx, info, reason)

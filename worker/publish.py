@@ -1,0 +1,109 @@
+"""Putting a verified file or split set into the models directory: atomically, never over another.
+
+`renameat2(RENAME_NOREPLACE)` moves an entry in one step and fails if the name is taken, so a
+concurrent install or a file placed by hand is never overwritten. Where the filesystem lacks it, a file
+falls back to link + unlink (link also refuses an existing name).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from server.store.filestore import fsync_directory
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+if _renameat2 is not None:
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+
+
+class NameTaken(Exception):
+    """The target name exists in the models directory."""
+
+
+def rename_noreplace(source: Path, target: Path) -> None:
+    if _renameat2 is not None:
+        result = _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE)
+        if result == 0:
+            return
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            raise NameTaken(str(target))
+        if code not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(code, os.strerror(code), str(source))
+    if source.is_dir():
+        if target.exists():
+            raise NameTaken(str(target))
+        os.rename(source, target)
+        return
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise NameTaken(str(target)) from None
+    os.unlink(source)
+
+
+def publish(source: Path, target: Path, overwrite: bool) -> None:
+    """Moves source to target in one step, then makes the directory entry durable."""
+    if overwrite and not source.is_dir():
+        os.replace(source, target)
+    else:
+        rename_noreplace(source, target)
+    fsync_directory(target.parent)
+
+
+def set_permissions(path: Path, mode: int, uid: int | None, gid: int | None) -> None:
+    if uid is not None or gid is not None:
+        os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+    os.chmod(path, mode)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    try:
+        first, second = a.stat(), b.stat()
+    except FileNotFoundError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def notify_llama_server(url: str, api_key: str | None, model_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Asks llama-server (router mode) to rescan its models directory, then checks it lists the model.
+
+    Never raises: trouble here is shown in the upload's status, it does not undo an install.
+    """
+    headers = {"Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    base = url.rstrip("/")
+    result: dict[str, Any] = {"notified": False, "listed": None, "error": None, "model_id": model_id}
+    try:
+        _get_json(f"{base}/models?reload=1", headers, timeout)
+        result["notified"] = True
+        listing = _get_json(f"{base}/models", headers, timeout)
+        ids = {str(entry.get("id")) for entry in listing.get("data", listing.get("models", [])) if isinstance(entry, dict)}
+        result["listed"] = model_id in ids
+        if not result["listed"]:
+            result["error"] = ("llama-server did not list the model after a rescan: it may be an older build "
+                               "without ?reload=1 (restart it), or not in router mode with --models-dir")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        result["error"] = f"could not reach llama-server at {base}: {getattr(exc, 'reason', exc)}"
+    return result
+
+
+def _get_json(url: str, headers: dict[str, str], timeout: float) -> dict[str, Any]:
+    request = urllib.request.Request(url, headers=headers, method="GET")
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - operator-configured URL
+        body = response.read(16 * 1024 * 1024)
+    parsed = json.loads(body or b"{}")
+    return parsed if isinstance(parsed, dict) else {"data": parsed}
