@@ -251,7 +251,7 @@ class RetryPolicy:
         """
         if attempt < 1:
             raise ValueError("attempt numbers start at 1")
-        nominal = min(self.max_delay, self.first_delay * 2 ** (attempt - 1))
+        nominal = min(self.max_delay, self.first_delay * 2.0 ** (attempt - 1))
         return nominal / 2 + nominal / 2 * jitter
 
     def schedule(self, jitters: Iterable[float]) -> list[float]:

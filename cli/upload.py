@@ -20,8 +20,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cli import tus
-from cli.client import FileSlice, HttpClient, LocalFileError, NetworkError, Response
-from cli.client import add_server_arguments, server_and_token
+from cli.client import (
+    FileSlice,
+    HttpClient,
+    LocalFileError,
+    NetworkError,
+    Response,
+    add_server_arguments,
+    server_and_token,
+)
 from cli.progress import Progress
 from cli.state import UploadMemory, default_state_file
 
