@@ -1,0 +1,80 @@
+"""Fixtures that start real processes: modeldrop servers, RQ workers and redis-server, on free ports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.processes import Process, RedisProcess, ServerProcess, WorkerProcess
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="run the long fault and soak variants (minutes to hours)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="long variant: run with --soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    """Every process a test starts is stopped at its end, whatever happened."""
+    started: list[Process] = []
+    yield started
+    for process in reversed(started):
+        process.stop(timeout=5)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, data_dir: Path, processes: list[Process]) -> Callable[..., ServerProcess]:
+    """start_server(**serve_options) -> a running `modeldrop serve`; data_dir= and port= may be given."""
+    counter = iter(range(1000))
+
+    def start(data_dir: Path = data_dir, **options: Any) -> ServerProcess:
+        server = ServerProcess(data_dir, tmp_path / f"server-{next(counter)}.log", **options)
+        processes.append(server)
+        return server.start()
+
+    return start
+
+
+@pytest.fixture
+def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
+    """A running server in embedded mode (no Redis), fsync on, no token, on loopback."""
+    return start_server()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path, processes: list[Process]) -> RedisProcess:
+    redis = RedisProcess(tmp_path / "redis")
+    processes.append(redis)
+    return redis.start()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, data_dir: Path, processes: list[Process]) -> Callable[..., WorkerProcess]:
+    """start_worker(redis_url, burst=False, **worker_options) -> running `modeldrop worker` processes."""
+    counter = iter(range(1000))
+
+    def start(redis_url: str, burst: bool = False, data_dir: Path = data_dir, **options: Any) -> WorkerProcess:
+        worker = WorkerProcess(data_dir, redis_url, tmp_path / f"worker-{next(counter)}.log", **options)
+        processes.append(worker)
+        return worker.start(burst=burst)
+
+    return start
