@@ -1,0 +1,55 @@
+"""Real clients against a real server: what they upload is installed byte for byte."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.clients import tuspy_uploader, upload_with_node
+from tests.e2e.conftest import MIB
+from tests.e2e.wire import head_offset, sha256_of, stored_bytes, wait_installed
+from tests.support.processes import ServerProcess
+
+
+def assert_installed(server: ServerProcess, upload_url: str, source: Path) -> None:
+    state = wait_installed(server.url, upload_url)
+    installed = server.models_dir / state["final_name"]
+    assert sha256_of(installed) == sha256_of(source)
+    assert state["sha256"] == sha256_of(source)
+
+
+@pytest.mark.parametrize("options", [
+    pytest.param({}, id="one-patch"),
+    pytest.param({"chunk_size": 5 * MIB + 7}, id="chunked"),
+    pytest.param({"parallel_uploads": 3}, id="parallel-concatenation"),
+])
+def test_tus_js_client_upload_is_installed_byte_identical(
+        start_server: Callable[..., ServerProcess], model: Path, options: dict[str, int]) -> None:
+    server = start_server(fsync=False)
+    upload = upload_with_node(model, f"{server.url}/files/", chunk_size=options.get("chunk_size"),
+                              parallel=options.get("parallel_uploads"))
+
+    patches = [event for event in upload.of("response") if event["method"] == "PATCH"]
+    assert all(event["status"] == 204 for event in patches)
+    if "chunk_size" in options:
+        assert len(patches) == 5  # 24 MiB in chunks of 5 MiB + 7
+    if "parallel_uploads" in options:
+        assert len({event["url"] for event in patches}) == 3  # three partial uploads, then one final
+    assert_installed(server, upload.of("success")[0]["url"], model)
+
+
+def test_tuspy_resumes_with_the_stored_url(start_server: Callable[..., ServerProcess], model: Path,
+                                           tmp_path: Path) -> None:
+    server = start_server(fsync=False)
+    storage = tmp_path / "tuspy-urls.json"
+    first = tuspy_uploader(f"{server.url}/files/", model, chunk_size=3 * MIB, url_storage=storage)
+    first.upload(stop_at=9 * MIB)  # three chunks, then the "program" stops
+
+    resumed = tuspy_uploader(f"{server.url}/files/", model, chunk_size=3 * MIB, url_storage=storage)
+    assert resumed.url == first.url, "tuspy did not find its stored upload URL"
+    assert resumed.offset == head_offset(first.url) == 9 * MIB
+    assert stored_bytes(server, first.url) == model.read_bytes()[:9 * MIB]
+    resumed.upload()
+    assert_installed(server, first.url, model)
