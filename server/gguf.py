@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import re
 import struct
@@ -108,7 +109,6 @@ _VALUE_TYPE_NAMES = {0: "u8", 1: "i8", 2: "u16", 3: "i16", 4: "u32", 5: "i32", 6
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_FIXED_HEADER = struct.Struct("<4sIQQ")  # magic, version, tensor_count, kv_count
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # empty name, one dim, type, offset
 _MIN_KV_BYTES = 8 + 4 + 1  # empty key, type, one-byte value
 
@@ -395,30 +395,29 @@ def _read_kv(stream: _HeaderStream, metadata: _Metadata, budget: _Budget) -> Non
         _skip_value(stream, value_type, budget)
 
 
-def _kept(values: dict[bytes, int | str | _OtherType], key: bytes, kind: type[int] | type[str]) -> int | str | None:
-    value = values.get(key)
-    if value is None or isinstance(value, kind):
-        return value
-    found = value.type_name if isinstance(value, _OtherType) else type(value).__name__
-    wanted = "an integer" if kind is int else "a string"
-    raise GGUFError(f"corrupt header: key {_show(key)} should hold {wanted} but holds {found}")
+def _wrong_type(key: bytes, wanted: str, value: int | str | _OtherType) -> GGUFError:
+    found = "a string" if isinstance(value, str) else "an integer" if isinstance(value, int) else value.type_name
+    return GGUFError(f"corrupt header: key {_show(key)} should hold {wanted} but holds {found}")
 
 
 def _kept_int(values: dict[bytes, int | str | _OtherType], key: bytes) -> int | None:
-    value = _kept(values, key, int)
-    return value if isinstance(value, int) else None
+    value = values.get(key)
+    if value is None or isinstance(value, int):
+        return value
+    raise _wrong_type(key, "an integer", value)
 
 
 def _kept_str(values: dict[bytes, int | str | _OtherType], key: bytes) -> str | None:
-    value = _kept(values, key, str)
-    return value if isinstance(value, str) else None
+    value = values.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise _wrong_type(key, "a string", value)
 
 
 def _alignment(metadata: _Metadata) -> int:
-    value = metadata.values.get(b"general.alignment")
+    value = _kept_int(metadata.values, b"general.alignment")
     if value is None:
         return DEFAULT_ALIGNMENT
-    assert isinstance(value, int)  # _read_kv let only a u32 through
     if value <= 0 or value & (value - 1):
         raise GGUFError(f"corrupt header: general.alignment {value:,} is not a power of two")
     return value
@@ -429,51 +428,63 @@ class _TensorTotals(NamedTuple):
     parameter_count: int
 
 
-def _element_count(stream: _HeaderStream, name: bytes) -> tuple[int, int]:
-    """Reads a tensor's dims; returns (first dimension, element count)."""
-    n_dims = stream.u32()
+class _TensorInfo(NamedTuple):
+    name: bytes
+    dims: tuple[int, ...]
+    type_id: int
+    offset: int  # relative to the data section
+
+
+# What follows a tensor's name and n_dims: its dims, ggml type and data offset, read in one go.
+_TENSOR_INFO_TAILS = {n_dims: struct.Struct(f"<{n_dims}QIQ") for n_dims in range(1, MAX_DIMS + 1)}
+
+
+def _read_tensor_info(stream: _HeaderStream) -> _TensorInfo:
+    name_length = stream.string_length(MAX_TENSOR_NAME_BYTES, "a tensor name")
+    name_and_n_dims = stream.take(name_length + 4)  # one read for both: this loop may run millions of times
+    name, n_dims = name_and_n_dims[:name_length], _U32.unpack_from(name_and_n_dims, name_length)[0]
     if not 1 <= n_dims <= MAX_DIMS:
         raise GGUFError(f"corrupt header: tensor {_show(name)} has {n_dims:,} dimensions "
                         f"(expected 1 to {MAX_DIMS})")
-    dims = [stream.u64() for _ in range(n_dims)]
-    elements = 1
-    for dim in dims:
-        elements *= dim
-        if dim > MAX_ELEMENTS or elements > MAX_ELEMENTS:
-            raise GGUFError(f"corrupt header: tensor {_show(name)} has absurd dimensions {dims}",
-                            code="limit_exceeded")
-    return dims[0], elements
+    tail = _TENSOR_INFO_TAILS[n_dims]
+    *dims, type_id, offset = tail.unpack(stream.take(tail.size))
+    return _TensorInfo(name, tuple(dims), type_id, offset)
 
 
-def _tensor_bytes(stream: _HeaderStream, name: bytes, first_dim: int, elements: int) -> int:
-    type_id = stream.u32()
-    tensor_type = TENSOR_TYPES.get(type_id)
+def _tensor_size(info: _TensorInfo) -> tuple[int, int]:
+    """(element count, bytes) of a tensor, refusing what llama.cpp would refuse."""
+    elements = math.prod(info.dims)
+    if max(info.dims) > MAX_ELEMENTS or elements > MAX_ELEMENTS:
+        raise GGUFError(f"corrupt header: tensor {_show(info.name)} has absurd dimensions {list(info.dims)}",
+                        code="limit_exceeded")
+    tensor_type = TENSOR_TYPES.get(info.type_id)
     if tensor_type is None:
-        raise GGUFError(f"unknown tensor type {type_id} for tensor {_show(name)}")
-    if first_dim % tensor_type.block_size:
-        raise GGUFError(f"corrupt header: tensor {_show(name)} has {first_dim:,} elements per row, "
+        raise GGUFError(f"unknown tensor type {info.type_id} for tensor {_show(info.name)}")
+    if info.dims[0] % tensor_type.block_size:
+        raise GGUFError(f"corrupt header: tensor {_show(info.name)} has {info.dims[0]:,} elements per row, "
                         f"not a multiple of the {tensor_type.name} block size {tensor_type.block_size}")
-    return elements // tensor_type.block_size * tensor_type.type_size
+    return elements, elements // tensor_type.block_size * tensor_type.type_size
+
+
+def _check_offset(info: _TensorInfo, expected: int, alignment: int) -> None:
+    if info.offset % alignment:
+        raise GGUFError(f"corrupt header: tensor {_show(info.name)} starts at data offset {info.offset:,}, "
+                        f"not a multiple of the alignment {alignment}")
+    if info.offset != expected:
+        raise GGUFError(f"corrupt header: tensor {_show(info.name)} starts at data offset {info.offset:,} but "
+                        f"the tensors before it end at {expected:,} (llama.cpp needs them packed in order)")
 
 
 def _read_tensor_infos(stream: _HeaderStream, count: int, alignment: int) -> _TensorTotals:
+    stream.where = "the tensor infos"
     next_offset = 0  # where llama.cpp expects the next tensor: packed in order, each padded
     data_end = 0
     parameter_count = 0
-    for index in range(count):
-        stream.where = f"tensor info {index:,}"
-        name = stream.string_bytes(MAX_TENSOR_NAME_BYTES, f"the name of tensor {index:,}")
-        stream.where = f"tensor {_show(name)}"
-        first_dim, elements = _element_count(stream, name)
-        nbytes = _tensor_bytes(stream, name, first_dim, elements)
-        offset = stream.u64()
-        if offset % alignment:
-            raise GGUFError(f"corrupt header: tensor {_show(name)} starts at data offset {offset:,}, "
-                            f"not a multiple of the alignment {alignment}")
-        if offset != next_offset:
-            raise GGUFError(f"corrupt header: tensor {_show(name)} starts at data offset {offset:,} but the "
-                            f"tensors before it end at {next_offset:,} (llama.cpp needs them packed in order)")
-        data_end = offset + nbytes
+    for _ in range(count):
+        info = _read_tensor_info(stream)
+        elements, nbytes = _tensor_size(info)
+        _check_offset(info, next_offset, alignment)
+        data_end = info.offset + nbytes
         next_offset = align_up(data_end, alignment)
         parameter_count += elements
     if next_offset > MAX_ELEMENTS:
@@ -609,8 +620,8 @@ def parse_shard_name(filename: str) -> ShardName | None:
         return None
     number, count = int(match["number"]), int(match["count"])
     if count < 1 or not 1 <= number <= count:
-        raise GGUFError(f"bad shard name {filename!r}: shard numbers run from 00001 to the count, "
-                        f"and the count is at least 00001", code="bad_shard_name")
+        raise GGUFError(f"bad shard name {filename!r}: a shard number runs from 00001 up to the count "
+                        f"after -of-", code="bad_shard_name")
     return ShardName(match["prefix"], number, count)
 
 
@@ -647,6 +658,8 @@ def _check_split_keys(name: ShardName, facts: GGUFFacts) -> None:
     label = f"shard {name.number} of {name.count}"
     if facts.split_count is None and name.count == 1:
         return  # a lone "-00001-of-00001" file without split keys is just a single model to llama.cpp
+    if facts.split_count is None:
+        raise _inconsistent(f"{label} has no split.* keys: it is not a shard of this set")
     if facts.split_count != name.count:
         raise _inconsistent(f"{label} has split.count {facts.split_count}")
     if facts.split_no != name.number - 1:
