@@ -59,8 +59,8 @@ class TusHandler:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    async def _io(self, function: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args))
+    async def _io(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args, **kwargs))
 
     def _run(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args))
