@@ -124,6 +124,10 @@ class TusHandler:
         has_body = int(h.get("content-length") or 0) > 0 or "chunked" in h.get("transfer-encoding", "")
         if has_body:
             tus.check_patch_content_type(body_type)
+            body_limit = length if length is not None else self.settings.max_size
+            if int(h.get("content-length") or 0) > body_limit:
+                raise errors.TooLarge(f"the request body is {h['content-length']} bytes, more than the upload's "
+                                      f"{body_limit}")
 
         info = UploadInfo(id=self.store.new_id(), length=length, metadata_header=h.get("upload-metadata", ""),
                           metadata=metadata, filename=filename, sha256_expected=sha256, created_at=time.time(),
