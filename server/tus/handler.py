@@ -235,9 +235,11 @@ class TusHandler:
                                             "bytes; resume from there", headers={"Upload-Offset": str(info.offset)})
             if declared_length is not None:
                 info = await self._declare_length(info, declared_length)
-            if info.length is not None and content_length is not None and info.offset + content_length > info.length:
+            limit = info.length if info.length is not None else self.settings.max_size
+            if content_length is not None and info.offset + content_length > limit:
+                what = "its Upload-Length" if info.length is not None else "this server's limit (Tus-Max-Size)"
                 raise errors.TooLarge(f"this request would take the upload to {info.offset + content_length} bytes, "
-                                      f"past its Upload-Length of {info.length}")
+                                      f"past {what} of {limit}")
             outcome = await self._write_body(request, info, lock, checksum)
         return Response(status_code=204, headers={**self._upload_headers(outcome), "Upload-Offset": str(outcome.offset)})
 
@@ -265,7 +267,9 @@ class TusHandler:
         writer = await self._io(self.store.open_writer, info, self.settings.sync_interval)
         if checksum is not None:
             await self._io(self._mark_pending, info.id, info.offset)
-        limits = BodyLimits(start=info.offset, length=info.length, check_magic=not info.is_partial,
+        # a deferred length is bounded by Tus-Max-Size until the client declares it
+        limit = info.length if info.length is not None else self.settings.max_size
+        limits = BodyLimits(start=info.offset, length=limit, check_magic=not info.is_partial,
                             idle_timeout=self.settings.idle_timeout,
                             checksum=(checksum.algorithm, checksum.digest) if checksum else None)
         try:
