@@ -75,6 +75,8 @@ async def receive_body(
     in_flight: asyncio.Future[object] | None = None
     stopped: errors.HTTPError | None = None
     disconnected = False
+    # a smaller --sync-interval must not wait for a full batch: bytes still in a batch die with the process
+    batch_limit = min(BATCH_BYTES, writer.sync_interval)
 
     def write_batch(chunks: list[bytes]) -> object:
         offset = writer.write(chunks)
@@ -120,7 +122,7 @@ async def receive_body(
                 position += len(chunk)
             if stopped is not None:
                 break
-            if batch_bytes >= BATCH_BYTES:
+            if batch_bytes >= batch_limit:
                 await submit(batch)
                 batch, batch_bytes = [], 0
     except ClientDisconnect:
