@@ -1,0 +1,100 @@
+"""Split GGUF sets: shards uploaded one by one wait in staging, then appear in models/<prefix>/ all at once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from tests.ggufgen import shard_path, write_shard, write_split_set
+from tests.support.processes import ServerProcess, wait_for
+from tests.worker.uploads import ModelsWatcher, TusClient, file_sha256
+
+PREFIX = "split-test"
+
+
+def test_split_set_published_in_one_step(server: ServerProcess, tmp_path: Path) -> None:
+    shards = write_split_set(tmp_path, PREFIX, 3)
+    client = TusClient(server.url)
+    with ModelsWatcher(server.models_dir) as watcher:
+        first = client.upload(shards[0])
+        waiting = wait_for_set(client, first, missing=[2, 3])
+        assert waiting["state"] == "verifying" and waiting["reason"] is None
+        assert waiting["set"] == {"prefix": PREFIX, "count": 3, "present": [1], "missing": [2, 3]}
+        third = client.upload(shards[2])
+        wait_for_set(client, third, missing=[2])
+        assert not (server.models_dir / PREFIX).exists()
+        second = client.upload(shards[1])
+        statuses = [client.wait_for_state(upload_id, ["installed", "failed"]) for upload_id in (first, second, third)]
+    for shard, status in zip(shards, statuses):
+        assert status["state"] == "installed", status
+        assert status["final_name"] == f"{PREFIX}/{shard.name}"
+        assert status["model"] == PREFIX
+        assert status["sha256"] == file_sha256(shard)
+    assert sorted(os.listdir(server.models_dir)) == [PREFIX]
+    assert sorted(os.listdir(server.models_dir / PREFIX)) == [shard.name for shard in shards]
+    directory_sightings = [s for s in watcher.sightings.values() if s.is_dir]
+    assert [s.children for s in directory_sightings] == [tuple(shard.name for shard in shards)]  # never partial
+    watcher.check({f"{PREFIX}/{shard.name}": (shard.stat().st_size, file_sha256(shard)) for shard in shards})
+    wait_for_sets_cleaned(server)
+
+
+def wait_for_set(client: TusClient, upload_id: str, missing: list[int]) -> dict[str, Any]:
+    """The shard's status once it is staged and names the shards its set still waits for."""
+
+    def staged() -> dict[str, Any] | None:
+        status = client.status(upload_id)
+        assert status["state"] != "failed", status
+        return status if (status.get("set") or {}).get("missing") == missing else None
+
+    return dict(wait_for(staged, 20, f"shard {upload_id} to wait for shards {missing}"))
+
+
+def wait_for_sets_cleaned(server: ServerProcess) -> None:
+    """The set's staging is removed last, just after its uploads' statuses are written."""
+    wait_for(lambda: os.listdir(server.staging_dir / "sets") == [], 5, "the staged set to be cleaned up")
+
+
+def test_split_set_incomplete_stays_out_of_models(server: ServerProcess, tmp_path: Path) -> None:
+    shards = write_split_set(tmp_path, PREFIX, 3)
+    client = TusClient(server.url)
+    ids = [client.upload(shard) for shard in shards[:2]]
+    for upload_id in ids:
+        status = wait_for_set(client, upload_id, missing=[3])
+        assert status["state"] == "verifying"
+    assert os.listdir(server.models_dir) == []
+    assert client.get_json("/api/models")["models"] == []
+
+
+def test_split_set_wrong_split_no_fails_set(server: ServerProcess, tmp_path: Path) -> None:
+    shards = write_split_set(tmp_path, PREFIX, 3)
+    # shard 2's header claims to be shard 3 (split.no 2): the file name and the header disagree
+    write_shard(shards[1], split_no=2, split_count=3, split_tensors_count=3, arch=None)
+    client = TusClient(server.url)
+    first = client.upload(shards[0])
+    wait_for_set(client, first, missing=[2, 3])
+    bad = client.upload(shards[1])
+    status = client.wait_for_state(bad, ["installed", "failed"])
+    assert status["state"] == "failed"
+    assert "split.no 2" in status["reason"] and "shard 2 of 3" in status["reason"], status["reason"]
+    last = client.upload(shards[2])
+    assert client.status(last)["state"] in ("queued", "verifying")
+    assert os.listdir(server.models_dir) == []
+
+
+def test_split_set_shard_from_other_set_fails_all(server: ServerProcess, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shards = write_split_set(tmp_path / "a", PREFIX, 3)
+    # a shard from another set: right name and split.no, but its set has 5 tensors in all, not 3
+    intruder = write_shard(shard_path(tmp_path / "b", PREFIX, 3, 3), split_no=2, split_count=3,
+                           split_tensors_count=5, tensors=3, arch=None)
+    client = TusClient(server.url)
+    ids = [client.upload(shard) for shard in (shards[0], shards[1], intruder)]
+    statuses = [client.wait_for_state(upload_id, ["installed", "failed"]) for upload_id in ids]
+    for status in statuses:
+        assert status["state"] == "failed", status
+        assert status["reason"].startswith("the split set cannot be installed: "), status["reason"]
+        assert "tensor" in status["reason"]
+    assert os.listdir(server.models_dir) == []
+    wait_for_sets_cleaned(server)
