@@ -282,9 +282,14 @@ def _stage_shard(ctx: Context, info: UploadInfo, shard: gguf.ShardName, data: Pa
         if missing:
             listed = ", ".join(f"{number:05d}" for number in missing)
             log.info("upload=%s shard %d of %d staged; waiting for %s", info.id, shard.number, shard.count, listed)
+            detail = f"verified; waiting for shard(s) {listed} of {shard.count:05d}"
+            for other in set(members.values()) - {info.id}:  # the shards staged before still wait, for fewer
+                with contextlib.suppress(Exception):
+                    if (ctx.store.read_status(other) or {}).get("waiting_for_set"):
+                        ctx.store.write_status(other, set=set_info, detail=detail)
             return ctx.store.write_status(info.id, state=VERIFYING, waiting_for_set=True, set=set_info,
                                           staged=str(set_dir / info.filename), reason=None,  # type: ignore[operator]
-                                          detail=f"verified; waiting for shard(s) {listed} of {shard.count:05d}")
+                                          detail=detail)
         ctx.store.write_status(info.id, set=set_info, waiting_for_set=False)
         _publish_set(ctx, shard, set_dir, members)
     return ctx.store.read_status(info.id) or {}
