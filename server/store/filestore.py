@@ -145,9 +145,14 @@ class FileStore:
             stat = os.stat(paths.data)
             return dataclasses.replace(info, offset=stat.st_size, last_write_at=stat.st_mtime)
         except FileNotFoundError:
-            # installed (data moved into the models directory) or failed and cleaned: the status knows
+            # installed (data moved into the models directory), a verified shard staged in its split set
+            # until the other shards arrive, or failed and cleaned: the status, written once the upload
+            # was complete, knows the offset
             status = self.read_status(upload_id) or {}
-            offset = int(status.get("offset", info.length or 0)) if status.get("state") in TERMINAL_STATES else 0
+            if status.get("offset") is not None:
+                offset = int(status["offset"])
+            else:
+                offset = (info.length or 0) if status.get("state") in TERMINAL_STATES else 0
             return dataclasses.replace(info, offset=offset, last_write_at=float(status.get("updated_at", 0)))
 
     def save_info(self, info: UploadInfo) -> None:
