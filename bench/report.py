@@ -1,0 +1,136 @@
+"""The results as markdown: figures (median [min–max]), ratios pair by pair, and the targets."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from bench.stats import fmt, pair_ratios, summary
+
+PEERS = ("tuspyserver", "tus-node")
+WORKLOAD_NAMES = {"one": "one PATCH", "chunked": "64 MiB PATCHes", "ref4g": "4 GiB reference (one PATCH)"}
+
+Results = dict[str, dict[str, list[dict[str, Any]]]]
+
+
+def _col(runs: list[dict[str, Any]], key: str) -> list[float]:
+    return [run[key] for run in runs if run.get(key) is not None]
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    s = summary(_col(runs, key))
+    return s[0] if s else float("nan")
+
+
+def _fastest_peer(by_server: dict[str, list[dict[str, Any]]]) -> str | None:
+    peers = [name for name in PEERS if name in by_server]
+    return max(peers, key=lambda name: _median(by_server[name], "mbps")) if peers else None
+
+
+def render(meta: dict[str, Any], results: Results) -> str:
+    gib = meta["size"] / 1024**3
+    lines = [f"# modeldrop bench, {meta['date']}", "",
+             f"`bash bench/run.sh` — upload {gib:g} GiB, {meta['reps']} repetitions, servers interleaved "
+             f"(order rotated per repetition), a fresh server and empty folder per upload; neutral raw-socket client "
+             f"sending with `sendfile` from a page-cached random file with a real GGUF header. MB = 10^6 bytes. "
+             f"Figures: median [min–max]; ratios pair by pair within this run. modeldrop commit {meta['commit']}"
+             f"{' (' + meta['modeldrop_dir'] + ')' if meta['modeldrop_dir'] and 'exp' in meta['modeldrop_dir'] else ''}"
+             f"{', serve ' + ' '.join(meta['modeldrop_args']) if meta['modeldrop_args'] else ''}. "
+             f"Run took {meta['elapsed_s'] / 60:.1f} min.", ""]
+    if meta.get("label"):
+        lines += [f"Note: {meta['label']}", ""]
+    for workload in ("one", "chunked", "ref4g"):
+        by_server = results.get(workload)
+        if not by_server:
+            continue
+        lines += [f"## {WORKLOAD_NAMES[workload]}{'' if workload == 'ref4g' else f', {gib:g} GiB'}", "",
+                  "| server | MB/s | idle RSS MiB | peak RSS MiB | RSS growth MiB | CPU-s | page cache growth MiB | "
+                  "last byte → installed s | bytes identical |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, runs in by_server.items():
+            lines.append(f"| {name} | {fmt(_col(runs, 'mbps'))} | {fmt(_col(runs, 'idle_rss_mib'))} | "
+                         f"{fmt(_col(runs, 'peak_rss_mib'))} | {fmt(_col(runs, 'rss_growth_mib'), 1)} | "
+                         f"{fmt(_col(runs, 'cpu_s'), 1)} | {fmt(_col(runs, 'cache_growth_mib'))} | "
+                         f"{fmt(_col(runs, 'installed_s'), 2)} | {all(r['identical'] for r in runs)} |")
+        lines.append("")
+    if "concurrent" in results:
+        size_mib = meta["concurrent_size"] // 1024**2
+        lines += [f"## {meta['concurrent']} concurrent uploads of {size_mib} MiB (one PATCH each), "
+                  "HEADs on 4 other idle uploads every 10 ms", "",
+                  "| server | aggregate MB/s | HEAD p50 ms | HEAD p99 ms | HEADs during load | CPU-s | bytes identical |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, runs in results["concurrent"].items():
+            lines.append(f"| {name} | {fmt(_col(runs, 'mbps'))} | {fmt(_col(runs, 'head_p50_ms'), 1)} | "
+                         f"{fmt(_col(runs, 'head_p99_ms'), 1)} | {fmt(_col(runs, 'head_n'))} | "
+                         f"{fmt(_col(runs, 'cpu_s'), 1)} | {all(r['identical'] for r in runs)} |")
+        lines.append("")
+    if "limits" in results:
+        lines += ["## Limits of the machine (same source file)", "", "| what | MB/s |", "|---|---|"]
+        lines += [f"| {name} | {fmt(_col(runs, 'mbps'))} |" for name, runs in results["limits"].items()]
+        lines.append("")
+    lines += _ratios(results)
+    lines += _targets(meta, results)
+    return "\n".join(lines) + "\n"
+
+
+def _ratios(results: Results) -> list[str]:
+    rows = []
+    limits = results.get("limits", {})
+    for workload in ("one", "chunked", "concurrent"):
+        by_server = results.get(workload, {})
+        for mine in ("modeldrop", "modeldrop-nofsync"):
+            if mine not in by_server:
+                continue
+            others = [(peer, _col(by_server[peer], "mbps")) for peer in PEERS if peer in by_server]
+            if workload != "concurrent":
+                others += [(name, _col(runs, "mbps")) for name, runs in limits.items()]
+            for other, values in others:
+                ratio = pair_ratios(_col(by_server[mine], "mbps"), values)
+                rows.append(f"| {WORKLOAD_NAMES.get(workload, workload)} | {mine} ÷ {other} | {fmt(ratio, 2)} |")
+    if not rows:
+        return []
+    return ["## Ratios (MB/s, pair by pair per repetition)", "", "| workload | ratio | median [min–max] |",
+            "|---|---|---|", *rows, ""]
+
+
+def _targets(meta: dict[str, Any], results: Results) -> list[str]:
+    rows: list[tuple[str, str, bool | None]] = []
+    gib = meta["size"] / 1024**3
+    dd = _col(results.get("limits", {}).get("dd conv=fsync", []), "mbps")
+    for workload in ("one", "chunked"):
+        by_server = results.get(workload, {})
+        name = WORKLOAD_NAMES[workload]
+        if "modeldrop" in by_server and dd:
+            ratio = statistics.median(pair_ratios(_col(by_server["modeldrop"], "mbps"), dd))
+            rows.append((f"fsync on ≥ 0.9 × dd conv=fsync ({name})", f"{ratio:.2f}", ratio >= 0.9))
+        peer = _fastest_peer(by_server)
+        if "modeldrop-nofsync" in by_server and peer:
+            ratio = statistics.median(pair_ratios(_col(by_server["modeldrop-nofsync"], "mbps"),
+                                                  _col(by_server[peer], "mbps")))
+            rows.append((f"--no-fsync ≥ 1.3 × fastest peer ({name}; {peer})", f"{ratio:.2f}", ratio >= 1.3))
+        for mine in ("modeldrop", "modeldrop-nofsync"):
+            if mine in by_server:
+                growth = max(_col(by_server[mine], "rss_growth_mib"))
+                rows.append((f"{mine} peak RSS ≤ idle + 16 MiB ({gib:g} GiB, {name})", f"+{growth:.1f} MiB (max)",
+                             growth <= 16))
+    one = results.get("one", {}).get("modeldrop")
+    if one:
+        installed = _median(one, "installed_s")
+        if gib <= 4:
+            rows.append((f"last byte → installed ≤ 1 s ({gib:g} GiB, sha256 + GGUF check)", f"{installed:.2f} s",
+                         installed <= 1.0))
+        ref = results.get("ref4g", {}).get("modeldrop")
+        if ref:
+            base = _median(ref, "installed_s")
+            rows.append((f"{gib:g} GiB installed within 1.5 × the 4 GiB time",
+                         f"{installed:.2f} s vs {base:.2f} s = {installed / base:.2f}×", installed <= 1.5 * base))
+        cache = max(_col(one, "cache_growth_mib"))
+        rows.append((f"page cache grows < 1 GiB during a {gib:g} GiB upload (fsync on)", f"{cache:.0f} MiB (max)",
+                     cache < 1024))
+    concurrent = results.get("concurrent", {}).get("modeldrop")
+    if concurrent:
+        p99 = _median(concurrent, "head_p99_ms")
+        rows.append(("HEAD p99 ≤ 25 ms during 16 concurrent uploads (fsync on)", f"{p99:.1f} ms", p99 <= 25))
+    identical = all(r.get("identical", True) for runs in results.values() for rs in runs.values() for r in rs)
+    rows.append(("every stored file byte-identical to the source", str(identical), identical))
+    return ["## Targets", "", "| target | this run | result |", "|---|---|---|",
+            *(f"| {t} | {v} | {'PASS' if ok else 'FAIL'} |" for t, v, ok in rows), ""]

@@ -1,0 +1,259 @@
+"""One command, one run: limits of the machine, modeldrop (fsync on and off) and the peers, interleaved.
+
+    bash bench/run.sh [--size 4GiB] [--reps 3] [--quick] [--servers a,b] [--workloads one,chunked,...]
+
+Each repetition runs every workload on every server in turn (the order rotates per repetition), each
+upload on a freshly started server with an empty folder; stored bytes are checked against the source's
+sha256, then deleted, then `sync`, so no run inherits another's writeback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import proc, report
+from bench.servers import BENCH, PYTHON, REPO, SCRATCH, Server, ensure_peers, free_port, make_servers
+from bench.source import make_source, sha256_file, warm
+
+GIB = 1024**3
+MIB = 1024**2
+ALL_SERVERS = ["modeldrop", "modeldrop-nofsync", "tuspyserver", "tus-node"]
+ALL_WORKLOADS = ["limits", "one", "chunked", "concurrent"]
+
+
+def parse_size(text: str) -> int:
+    units = {"gib": GIB, "g": GIB, "mib": MIB, "m": MIB}
+    lowered = text.strip().lower()
+    for suffix, factor in units.items():
+        if lowered.endswith(suffix):
+            return int(float(lowered[: -len(suffix)]) * factor)
+    return int(lowered)
+
+
+def run_client(job: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+    out = subprocess.run([str(PYTHON), "-m", "bench.client", json.dumps(job)], cwd=REPO, capture_output=True,
+                         timeout=timeout, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"client failed: {out.stderr[-2000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def check_file(path: Path, expected: str) -> bool:
+    return path.exists() and sha256_file(path, drop_cache=True) == expected
+
+
+# -- limits of the machine -------------------------------------------------------------------------------
+
+
+def limit_dd(source: dict[str, Any], fsync: bool) -> float:
+    out = SCRATCH / "dd.out"
+    argv = ["dd", f"if={source['path']}", f"of={out}", "bs=1M", "status=none"] + (["conv=fsync"] if fsync else [])
+    started = time.monotonic()
+    subprocess.run(argv, check=True, timeout=600)
+    elapsed = time.monotonic() - started
+    out.unlink()
+    os.sync()
+    return source["length"] / 1e6 / elapsed
+
+
+def limit_tcp_file(source: dict[str, Any]) -> float:
+    out, port = SCRATCH / "tcp.out", free_port()
+    receiver = subprocess.Popen([str(PYTHON), "-m", "bench.receiver", str(port), str(out), str(source["length"])],
+                                cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+        result = run_client({"mode": "raw", "port": port, "source": source["path"], "length": source["length"]})
+        receiver.wait(30)
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+    ok = check_file(out, source["sha256"])
+    out.unlink(missing_ok=True)
+    os.sync()
+    if not ok:
+        raise RuntimeError("the loopback receiver stored different bytes")
+    return source["length"] / 1e6 / (result["t_end"] - result["t_start"])
+
+
+# -- uploads --------------------------------------------------------------------------------------------
+
+
+def measure_upload(server: Server, source: dict[str, Any], chunk: int, filename: str) -> dict[str, Any]:
+    server.start()
+    try:
+        time.sleep(0.3)
+        idle_kib = proc.status_kib(server.pid, "VmRSS")
+        proc.reset_peak(server.pid)
+        cpu_before = proc.cpu_seconds(server.pid)
+        sampler = proc.Sampler(server.pid)
+        modeldrop = server.kind == "modeldrop"
+        result = run_client({"mode": "upload", "port": server.port, "base": server.base, "source": source["path"],
+                             "length": source["length"], "chunk": chunk, "filename": filename,
+                             "poll_status": modeldrop})
+        sampler.stop()
+        peak_kib = max(proc.status_kib(server.pid, "VmHWM"), sampler.rss_max)
+        cpu = proc.cpu_seconds(server.pid) - cpu_before
+        if modeldrop and result.get("state") != "installed":
+            raise RuntimeError(f"{server.name}: upload ended {result.get('state')}: {result.get('reason')}")
+        stored = server.stored_path(result["path"], filename)
+        ok = check_file(stored, source["sha256"]) and (not modeldrop or result["sha256"] == source["sha256"])
+    finally:
+        server.stop()
+        server.clean()
+    return {"mbps": source["length"] / 1e6 / (result["t_end"] - result["t_start"]), "patches": result["patches"],
+            "idle_rss_mib": idle_kib / 1024, "peak_rss_mib": peak_kib / 1024,
+            "rss_growth_mib": (peak_kib - idle_kib) / 1024, "cpu_s": cpu, "cache_growth_mib": sampler.cache_growth_mib,
+            "installed_s": result["t_state"] - result["t_end"] if modeldrop else None, "identical": ok}
+
+
+def wait_installed(server: Server, paths: list[str], deadline: float) -> None:
+    import http.client
+
+    pending = {p.rstrip("/").rsplit("/", 1)[-1] for p in paths}
+    while pending and time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        for upload_id in sorted(pending):
+            conn.request("GET", f"/api/uploads/{upload_id}")
+            state = json.loads(conn.getresponse().read()).get("state")
+            if state in ("installed", "failed"):
+                pending.discard(upload_id)
+        conn.close()
+        time.sleep(0.1)
+
+
+def measure_concurrent(server: Server, source: dict[str, Any], uploads: int, idle: int) -> dict[str, Any]:
+    server.start()
+    stop_file = SCRATCH / f"stop-{server.port}"
+    try:
+        time.sleep(0.3)
+        cpu_before = proc.cpu_seconds(server.pid)
+        job = {"mode": "concurrent", "port": server.port, "base": server.base, "source": source["path"],
+               "length": source["length"], "uploads": uploads, "idle": idle, "filename_prefix": "conc",
+               "start_delay": 0.5}
+        client = subprocess.Popen([str(PYTHON), "-m", "bench.client", json.dumps(job)], cwd=REPO,
+                                  stdout=subprocess.PIPE, text=True)
+        assert client.stdout is not None
+        idle_paths = json.loads(client.stdout.readline())["idle"]
+        prober = subprocess.Popen([str(PYTHON), "-m", "bench.client", json.dumps(
+            {"mode": "heads", "port": server.port, "paths": idle_paths, "stop_file": str(stop_file),
+             "max_seconds": 300, "interval": 0.01})], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        out, _ = client.communicate(timeout=600)
+        stop_file.touch()
+        probes, _ = prober.communicate(timeout=60)
+        result = json.loads(out.strip().splitlines()[-1])
+        cpu = proc.cpu_seconds(server.pid) - cpu_before
+        if result["errors"]:
+            raise RuntimeError(f"{server.name}: {result['errors'][:3]}")
+        if server.kind == "modeldrop":
+            wait_installed(server, result["paths"], time.monotonic() + 120)
+        ok = all(check_file(server.stored_path(p, f"conc-{i}.gguf"), source["sha256"])
+                 for i, p in enumerate(result["paths"]))
+        during = [lat for t, lat in json.loads(probes.strip().splitlines()[-1])["samples"]
+                  if result["t_start"] <= t <= result["t_end"]]
+    finally:
+        stop_file.unlink(missing_ok=True)
+        server.stop()
+        server.clean()
+    from bench.stats import percentile
+
+    return {"mbps": uploads * source["length"] / 1e6 / (result["t_end"] - result["t_start"]), "cpu_s": cpu,
+            "head_p50_ms": percentile(during, 50) * 1000, "head_p99_ms": percentile(during, 99) * 1000,
+            "head_n": len(during), "identical": ok}
+
+
+# -- the run --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--size", type=parse_size, default=4 * GIB, help="upload size (default 4GiB)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1 GiB, 1 repetition, 16 x 64 MiB concurrent")
+    parser.add_argument("--chunk", type=parse_size, default=64 * MIB, help="PATCH size of the chunked workload")
+    parser.add_argument("--concurrent", type=int, default=16)
+    parser.add_argument("--concurrent-size", type=parse_size, default=256 * MIB)
+    parser.add_argument("--servers", default=",".join(ALL_SERVERS))
+    parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS))
+    parser.add_argument("--modeldrop-dir", type=Path, default=REPO, help="run modeldrop from a copy (experiments)")
+    parser.add_argument("--modeldrop-arg", action="append", default=[], help="extra `serve` flag (repeatable)")
+    parser.add_argument("--out", type=Path, help="markdown results (default bench/results/<date>.md)")
+    parser.add_argument("--label", default="", help="a note printed in the results")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.reps, args.concurrent_size = GIB, 1, 64 * MIB
+    servers = make_servers(args.servers.split(","), args.modeldrop_dir.resolve(), tuple(args.modeldrop_arg))
+    workloads = args.workloads.split(",")
+    started = time.monotonic()
+
+    free = shutil.disk_usage(REPO).free
+    need = 2 * args.size + args.concurrent * args.concurrent_size + 4 * GIB
+    if free < need:
+        print(f"bench: {free / GIB:.1f} GiB free, {need / GIB:.1f} GiB needed", file=sys.stderr)
+        return 2
+    ensure_peers()
+    shutil.rmtree(SCRATCH / "data", ignore_errors=True)
+    source = make_source(SCRATCH / f"source-{args.size}.gguf", args.size / GIB)
+    small = make_source(SCRATCH / f"source-{args.concurrent_size}.gguf", args.concurrent_size / GIB)
+    ref = None
+    if args.size > 4 * GIB and any(s.kind == "modeldrop" for s in servers):
+        ref = make_source(SCRATCH / f"source-{4 * GIB}.gguf", 4.0)  # installed time is compared with 4 GiB
+    for item in (source, small, ref):
+        if item:
+            warm(Path(item["path"]))
+
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+
+    def record(workload: str, name: str, value: dict[str, Any]) -> None:
+        results.setdefault(workload, {}).setdefault(name, []).append(value)
+        shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in value.items()}
+        print(f"  [{time.monotonic() - started:6.0f}s] {workload:10} {name:18} {shown}", flush=True)
+
+    for rep in range(args.reps):
+        order = servers[rep % len(servers):] + servers[: rep % len(servers)]
+        print(f"repetition {rep + 1}/{args.reps}", flush=True)
+        if "limits" in workloads:
+            record("limits", "dd conv=fsync", {"mbps": limit_dd(source, True)})
+            record("limits", "dd (page cache)", {"mbps": limit_dd(source, False)})
+            record("limits", "loopback TCP → file", {"mbps": limit_tcp_file(source)})
+        for workload, chunk in (("one", 0), ("chunked", args.chunk)):
+            if workload in workloads:
+                for server in order:
+                    record(workload, server.name, measure_upload(server, source, chunk, "bench.gguf"))
+        if "concurrent" in workloads:
+            for server in order:
+                record("concurrent", server.name, measure_concurrent(server, small, args.concurrent, 4))
+        if ref is not None and "one" in workloads:
+            for server in servers:
+                if server.kind == "modeldrop" and server.fsync:
+                    record("ref4g", server.name, measure_upload(server, ref, 0, "bench.gguf"))
+
+    elapsed = time.monotonic() - started
+    meta = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "size": args.size, "reps": args.reps,
+            "chunk": args.chunk, "concurrent": args.concurrent, "concurrent_size": args.concurrent_size,
+            "elapsed_s": elapsed, "commit": _commit(args.modeldrop_dir), "label": args.label,
+            "modeldrop_dir": str(args.modeldrop_dir), "modeldrop_args": args.modeldrop_arg}
+    text = report.render(meta, results)
+    print(text)
+    out = args.out or BENCH / "results" / f"{datetime.date.today().isoformat()}.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(f"written {out}")
+    return 0
+
+
+def _commit(directory: Path) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(directory), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "?"
+    except OSError:
+        return "?"
