@@ -1,0 +1,57 @@
+"""Two server processes share one data directory: a stalled PATCH on one lets go when the other asks.
+
+This is survey §4.1: without lock release a client reconnecting to another process gets 423 until the
+dead connection times out, and tus-js-client's retries run out and it starts over from byte 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import MIB
+from tests.e2e.test_real_clients import assert_installed
+from tests.e2e.wire import RawPatch, create, head_offset, on, patch, stored_bytes, stored_size
+from tests.support.processes import ServerProcess, WorkerProcess
+
+
+@pytest.mark.parametrize("backend", ["flock", "redis"])
+def test_stalled_patch_on_server_a_releases_to_server_b(
+        request: pytest.FixtureRequest, start_server: Callable[..., ServerProcess],
+        start_worker: Callable[..., WorkerProcess], data_dir: Path, model: Path, backend: str) -> None:
+    options: dict[str, object] = {"fsync": False, "idle_timeout": 60, "lock_timeout": 5}
+    if backend == "redis":
+        options["redis_url"] = request.getfixturevalue("redis_server").url
+        start_worker(options["redis_url"])  # with Redis, finalizing is an RQ job
+    a = start_server(data_dir=data_dir, **options)
+    b = start_server(data_dir=data_dir, **options)
+    source = model.read_bytes()
+    url = create(a.url, len(source), model.name)
+    sent = 3 * MIB + 9
+
+    stalled = RawPatch(url, 0, len(source))
+    stalled.send(source[:sent])  # then silence, with the socket open: a half-dead link
+    time.sleep(0.5)
+    asking = time.monotonic()
+    offset = head_offset(on(b, url))
+    took = time.monotonic() - asking
+
+    assert took < 3, f"server B waited {took:.1f}s for the lock held by a stalled PATCH on A"
+    assert offset == sent
+    assert stored_bytes(a, url) == source[:sent]
+    answer = stalled.response_status(timeout=5)
+    assert answer is None or answer >= 500, f"the PATCH that was asked to let go was answered {answer}"
+
+    stalled_more = source[sent:sent + MIB]
+    try:
+        stalled.send(stalled_more)  # the old client wakes up: nothing it sends now may be stored
+    except OSError:
+        pass
+    stalled.close()
+    assert patch(on(b, url), sent, source[sent:])[0] == 204
+    assert patch(url, sent, stalled_more)[0] == 409, "server A accepted a PATCH after B completed the upload"
+    assert stored_size(a, url) in (0, len(source))  # installed (moved away) or complete, never more
+    assert_installed(b, url, model)
