@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -160,6 +161,10 @@ def parse_upload_checksum(value: str | None) -> Checksum | None:
         digest = base64.b64decode(encoded.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise errors.BadRequest("Upload-Checksum's value is not valid base64") from None
+    if len(digest) != hashlib.new(algorithm).digest_size:
+        # an empty or cut digest can never match: refuse it before the body is stored, not with 460 after
+        raise errors.BadRequest(f"Upload-Checksum's {algorithm} digest must be {hashlib.new(algorithm).digest_size} "
+                                f"bytes, not {len(digest)}")
     return Checksum(algorithm, digest)
 
 
