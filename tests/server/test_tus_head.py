@@ -6,15 +6,11 @@ import pytest
 
 from tests.ggufgen import write_split_set
 from tests.support.processes import ServerProcess, wait_for
+from tests.support.tus import client  # noqa: F401  (fixture)
 from tests.support.tus import TusClient, assert_error, gguf_bytes, module_server, unique_name
 
 server = module_server(fsync=False)
 MODEL = gguf_bytes(tensors=4, tensor_elems=1024)
-
-
-@pytest.fixture
-def client(server: ServerProcess) -> TusClient:
-    return TusClient(server.url)
 
 
 def test_head_new_upload_has_offset_zero_length_and_no_store(client: TusClient) -> None:

@@ -5,14 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.support.processes import ServerProcess
+from tests.support.tus import client  # noqa: F401  (fixture)
 from tests.support.tus import TusClient, module_server
 
 server = module_server(fsync=False, max_size=123456789)
-
-
-@pytest.fixture
-def client(server: ServerProcess) -> TusClient:
-    return TusClient(server.url)
 
 
 def test_options_without_tus_resumable_advertises_version(client: TusClient) -> None:

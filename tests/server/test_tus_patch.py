@@ -7,17 +7,14 @@ import time
 import pytest
 
 from tests.support.processes import ServerProcess
+from tests.support.tus import client  # noqa: F401  (fixture)
 from tests.support.tus import (PATCH_TYPE, TusClient, assert_error, data_path, gguf_bytes, module_server,
                                nothing_stored, read_status_line, send_truncated, wait_offset)
+
 
 IDLE_TIMEOUT = 1.5
 server = module_server(fsync=False, idle_timeout=IDLE_TIMEOUT)
 MODEL = gguf_bytes(tensors=4, tensor_elems=1024)
-
-
-@pytest.fixture
-def client(server: ServerProcess) -> TusClient:
-    return TusClient(server.url)
 
 
 @pytest.fixture

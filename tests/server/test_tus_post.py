@@ -8,18 +8,15 @@ import time
 import pytest
 
 from tests.support.processes import ServerProcess
+from tests.support.tus import client  # noqa: F401  (fixture)
 from tests.support.tus import (PATCH_TYPE, TusClient, assert_error, data_path, encode_metadata, error_code,
                                gguf_bytes, module_server, nothing_stored, send_truncated, stored_files, unique_name,
                                upload_id, wait_offset)
 
+
 EXPIRE_AFTER = 3600
 server = module_server(fsync=False, max_size=1_000_000, expire_after=EXPIRE_AFTER)
 MODEL = gguf_bytes(tensors=4, tensor_elems=1024)
-
-
-@pytest.fixture
-def client(server: ServerProcess) -> TusClient:
-    return TusClient(server.url)
 
 
 def test_post_creates_an_upload_with_an_absolute_location(client: TusClient, server: ServerProcess) -> None:

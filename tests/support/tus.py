@@ -56,6 +56,12 @@ def module_server(**options: Any) -> Any:
     return server
 
 
+@pytest.fixture
+def client(server: ServerProcess) -> TusClient:
+    """A client for the module's `server` fixture: `from tests.support.tus import client`."""
+    return TusClient(server.url)
+
+
 # -- data -----------------------------------------------------------------------------------------
 
 
