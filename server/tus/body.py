@@ -75,6 +75,7 @@ async def receive_body(
     in_flight: asyncio.Future[object] | None = None
     stopped: errors.HTTPError | None = None
     disconnected = False
+    write_failed: OSError | None = None
     # a smaller --sync-interval must not wait for a full batch: bytes still in a batch die with the process
     batch_limit = min(BATCH_BYTES, writer.sync_interval)
 
@@ -135,11 +136,15 @@ async def receive_body(
                                      "so far are saved, resume from Upload-Offset")
     except errors.HTTPError as exc:
         stopped = exc
+    except OSError as exc:  # the previous batch failed to write (a full disk): stop, keep what is on disk
+        write_failed = exc
     finally:
         watchdog.cancel()
     if magic_pending and GGUF_MAGIC[limits.start:].startswith(magic_pending):
         batch.insert(0, magic_pending)  # an honest prefix of the magic that arrived before a disconnect
     try:
+        if write_failed is not None:
+            raise write_failed
         if in_flight is not None:
             await in_flight
             in_flight = None
