@@ -161,7 +161,10 @@ async def receive_body(
         with contextlib.suppress(Exception):
             if in_flight is not None:
                 await in_flight
-        offset = await run(_recover_offset, writer)
+        if limits.checksum is not None:  # the digest covers the whole request, which never arrived
+            offset = await run(_roll_back_request, writer, limits.start, hash_at_start)
+        else:
+            offset = await run(_recover_offset, writer)
         stopped = _storage_error(exc)
     return BodyResult(offset=int(offset), received=int(offset) - limits.start, error=stopped,  # type: ignore[call-overload]
                       disconnected=disconnected)
@@ -170,6 +173,12 @@ async def receive_body(
 def _recover_offset(writer: UploadWriter) -> int:
     """After a failed write: the file keeps only whole batches, so the running hash still matches it."""
     writer.rollback(writer.offset, writer.hash_state())
+    return writer.sync()
+
+
+def _roll_back_request(writer: UploadWriter, start: int, hash_at_start: bytes | None) -> int:
+    """After a failed write in a request with Upload-Checksum: none of its bytes can be verified."""
+    writer.rollback(start, hash_at_start)
     return writer.sync()
 
 
