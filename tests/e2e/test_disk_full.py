@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import subprocess
 import threading
@@ -13,7 +15,7 @@ import pytest
 from tests.e2e.clients import upload_with_node
 from tests.e2e.conftest import MIB
 from tests.e2e.test_real_clients import assert_installed
-from tests.e2e.wire import TUS, RawPatch, call, create, head_offset, stored_bytes
+from tests.e2e.wire import TUS, RawPatch, call, create, head_offset, patch, stored_bytes
 from tests.support.processes import ServerProcess
 
 TMPFS_MIB = 64
@@ -53,6 +55,17 @@ def fill(path: Path, leave: int) -> Path:
     return filler
 
 
+def patch_until_answered(url: str, offset: int, body: bytes, headers: dict[str, str] | None = None) -> int | None:
+    """Sends body (fast) until the server answers, which it may do before the body is complete."""
+    raw = RawPatch(url, offset, len(body), headers)
+    sender = threading.Thread(target=raw.send_slowly, args=(body, 200 * MIB), daemon=True)
+    sender.start()
+    status = raw.response_status(timeout=20)
+    raw.close()
+    sender.join(10)
+    return status
+
+
 def test_disk_full_refuses_creation_then_507_mid_patch_and_resumes_after_space_is_freed(
         start_server: Callable[..., ServerProcess], data_dir: Path, model: Path) -> None:
     # 1 MiB batches: the write that fails is noticed while the next batch is being received, as in any
@@ -67,12 +80,7 @@ def test_disk_full_refuses_creation_then_507_mid_patch_and_resumes_after_space_i
 
     url = create(server.url, len(source), model.name)
     filler = fill(data_dir, leave=12 * MIB)  # the disk fills up during the PATCH, after creation
-    raw = RawPatch(url, 0, len(source))
-    sender = threading.Thread(target=raw.send_slowly, args=(source, 200 * MIB), daemon=True)
-    sender.start()
-    status = raw.response_status(timeout=20)
-    raw.close()
-    sender.join(10)
+    status = patch_until_answered(url, 0, source)
     assert status == 507, f"a PATCH that filled the disk was answered {status}"
 
     offset = head_offset(url)
@@ -83,3 +91,21 @@ def test_disk_full_refuses_creation_then_507_mid_patch_and_resumes_after_space_i
     upload = upload_with_node(model, f"{server.url}/files/", upload_url=url)
     assert [e["offset"] for e in upload.of("response") if e["method"] == "HEAD"] == [str(offset)]
     assert_installed(server, url, model)
+
+
+def test_a_checksummed_patch_cut_short_by_a_full_disk_keeps_none_of_its_unverified_bytes(
+        start_server: Callable[..., ServerProcess], data_dir: Path, model: Path) -> None:
+    server = start_server(disk_headroom=0, sync_interval="1MiB")
+    source = model.read_bytes()
+    url = create(server.url, len(source), model.name)
+    first = 2 * MIB + 3
+    assert patch(url, 0, source[:first])[0] == 204
+
+    fill(data_dir, leave=12 * MIB)
+    rest = source[first:]
+    checksum = "sha1 " + base64.b64encode(hashlib.sha1(rest).digest()).decode()
+    status = patch_until_answered(url, first, rest, {"Upload-Checksum": checksum})
+    assert status == 507, f"a checksummed PATCH that filled the disk was answered {status}"
+    # the checksum covers the whole request, which never arrived: as after a disconnect, none of it counts
+    assert head_offset(url) == first
+    assert stored_bytes(server, url) == source[:first]

@@ -98,12 +98,13 @@ def stored_size(server: ServerProcess, upload_url: str) -> int:
 class RawPatch:
     """A PATCH written by hand on a socket: headers promising `length` body bytes, then whatever we send."""
 
-    def __init__(self, upload_url: str, offset: int, length: int) -> None:
+    def __init__(self, upload_url: str, offset: int, length: int, headers: dict[str, str] | None = None) -> None:
         parts = urllib.parse.urlsplit(upload_url)
         self.sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
         self.sent = 0
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         head = (f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nTus-Resumable: 1.0.0\r\n"
-                "Content-Type: application/offset+octet-stream\r\n"
+                f"Content-Type: application/offset+octet-stream\r\n{extra}"
                 f"Upload-Offset: {offset}\r\nContent-Length: {length}\r\n\r\n")
         self.sock.sendall(head.encode())
 
