@@ -62,20 +62,26 @@ class Progress:
         self._last_logged_tenth = -1
         self._last_logged_done = -1
         self._line_open = False
+        self._started = False
 
     def reset(self, done: int) -> None:
         """The server's offset is the truth: after a retry or resume, count from there."""
         self._done = done
+        self._started = True
         self._samples.clear()
         self._draw(force=True)
 
     def advance(self, count: int) -> None:
         self._done += count
+        self._started = True
         self._draw(force=False)
 
     def finish(self) -> None:
-        """Draw the final state once more (unless a log already has it) and end the bar's line."""
-        if self._terminal or self._last_logged_done != self._done:
+        """Draw the final state once more (unless a log already has it) and end the bar's line.
+
+        A bar never started (nothing was left to send) stays undrawn.
+        """
+        if self._started and (self._terminal or self._last_logged_done != self._done):
             self._draw(force=True)
         if self._line_open:
             self._stream.write("\n")

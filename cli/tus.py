@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 TUS_VERSION = "1.0.0"
@@ -259,15 +259,62 @@ class RetryPolicy:
         return [self.delay(attempt, jitter) for attempt, jitter in zip(range(1, self.attempts + 1), jitters)]
 
 
-# ---------------------------------------------------------------- final status
+# ---------------------------------------------------------------- split sets and final status
+
+_SHARD_NAME = re.compile(r"^(?P<prefix>.+)-(?P<number>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+
+
+def shard_of(filename: str) -> tuple[str, int] | None:
+    """('Big', 2) for 'Big-00002-of-00003.gguf' (llama.cpp's shard naming); None for a whole model."""
+    match = _SHARD_NAME.match(filename)
+    return (match.group("prefix"), int(match.group("number"))) if match else None
+
+
+def missing_shards(document: Mapping[str, object]) -> list[int]:
+    """The shards an upload's split set still waits for (1-based), per its status; [] for whole models."""
+    split_set = document.get("set")
+    if document.get("state") in TERMINAL_STATES or not isinstance(split_set, Mapping):
+        return []
+    missing = split_set.get("missing")
+    return [number for number in missing if isinstance(number, int)] if isinstance(missing, list) else []
+
+
+def is_settled(document: Mapping[str, object], wait: bool, shards_coming: Collection[tuple[str, int]]) -> bool:
+    """Whether to stop asking about an upload.
+
+    Final states settle it, and so does any state without --wait. A verified shard waits for the rest
+    of its set; that wait ends only when nothing this run still sends could complete it (the user will
+    upload the missing shards later), so a partial set does not keep the command waiting forever.
+    """
+    if document.get("state") in TERMINAL_STATES or not wait:
+        return True
+    missing = missing_shards(document)
+    split_set = document.get("set")
+    prefix = split_set.get("prefix") if isinstance(split_set, Mapping) else None
+    return bool(missing) and not any((prefix, number) in shards_coming for number in missing)
+
+
+def is_success(document: Mapping[str, object], wait: bool) -> bool:
+    """Installed; or, when the run did not wait or the set lacks shards it was not given, not failed."""
+    state = document.get("state")
+    if state == FAILED:
+        return False
+    return state == INSTALLED or not wait or bool(missing_shards(document))
 
 
 def describe_status(document: Mapping[str, object], fallback_name: str) -> str:
-    """One line for an upload's final status, e.g. 'installed x.gguf (llama, Q4_K_M, sha256 ab12cd34…)'."""
+    """One line for an upload's status, e.g. 'installed x.gguf (llama, Q4_K_M, sha256 ab12cd34…)'."""
     state = str(document.get("state") or "unknown")
     name = str(document.get("final_name") or fallback_name)
     if state == FAILED:
         return f"failed {name}: {document.get('reason') or 'no reason given'}"
+    missing = missing_shards(document)
+    if missing:
+        split_set = document.get("set")
+        count = split_set.get("count") if isinstance(split_set, Mapping) else None
+        listed = ", ".join(f"{number:05d}" for number in missing)
+        of_count = f" of {count:05d}" if isinstance(count, int) else ""
+        return f"waiting {name}: verified; its split set still needs shard(s) {listed}{of_count}"
     facts = gguf_facts(document.get("gguf"))
     if document.get("sha256"):
         facts.append(f"sha256 {str(document['sha256'])[:12]}…")

@@ -15,7 +15,7 @@ import random
 import stat
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -86,26 +86,39 @@ class Position:
     status_url: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Sent:
+    """A file whose bytes all reached the server; `key` is its fingerprint in the resume memory."""
+
+    job: UploadJob
+    key: str
+    position: Position
+
+
 # ---------------------------------------------------------------- command line
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = (
-        "Upload .gguf files to a modeldrop server (tus 1.0), one after another; give every shard of a\n"
-        "split model. An interrupted upload resumes from the server's offset when the same command runs\n"
-        "again, as long as the file is unchanged (same path, size and modification time).")
+        "Upload .gguf files to a modeldrop server (tus 1.0), one after another, then wait for the server\n"
+        "to verify and install them. Give every shard of a split model in one run, or the shards in\n"
+        "several runs: the server installs the set when its last shard arrives. An interrupted upload\n"
+        "resumes from the server's offset when the same command runs again, as long as the file is\n"
+        "unchanged (same path, size and modification time).")
     parser.epilog = (
         "output:\n"
-        "  progress goes to stderr; stdout gets one line per file with the server's final status, e.g.\n"
+        "  progress goes to stderr; stdout gets one line per file with the server's final status:\n"
         "    installed Llama-3-8B-Q4_K_M.gguf (llama, Q4_K_M, sha256 ab12cd34ef56…)\n"
         "    failed model.gguf: truncated: …\n"
+        "    waiting Big-00001-of-00002.gguf: verified; its split set still needs shard(s) 00002 of 00002\n"
         "retries:\n"
         "  network errors, 5xx (except 501/505/507), 409 offset conflicts and 423 locks are retried with\n"
         "  exponential backoff and jitter, each time from the offset the server reports; the count\n"
         "  starts again whenever the server's offset moves forward. Other 4xx answers are final.\n"
         "exit status:\n"
-        "  0 every file installed (with --no-wait: every file received and none failed so far),\n"
+        "  0 every file installed, or verified and waiting for shards of its set not given in this run\n"
+        "    (with --no-wait: every file received and none failed so far),\n"
         "  1 a file failed, was refused, or the server stayed unreachable,\n"
         "  2 usage error (a bad option, a FILE missing or not .gguf: checked before anything is sent),\n"
         "  130 interrupted (run the same command again to resume).")
@@ -128,7 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                              "default ${XDG_STATE_HOME:-~/.local/state}/modeldrop/uploads.json)")
     parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
                         help="after sending, wait until the server has verified and installed (or failed) "
-                             "each file (default: wait)")
+                             "each file; --no-wait asks once and exits (default: wait)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bar or retry notices on stderr; final status lines still print")
 
@@ -189,22 +202,29 @@ def run(command: str, args: argparse.Namespace) -> int:
         policy=tus.RetryPolicy(attempts=args.retries, first_delay=args.retry_delay),
         chunk_size=args.chunk_size, wait=args.wait, quiet=args.quiet, stderr=stderr)
     all_installed = True
+    sent: list[Sent] = []
     try:
+        # Send everything first, then wait: a split set's first shard is installed only once its
+        # last shard has arrived, so waiting file by file would wait forever.
         for index, job in enumerate(jobs):
             try:
-                document = uploader.upload(job)
+                sent.append(uploader.send(job))
             except (Refused, LocalFileError, tus.ProtocolError) as error:
                 print(f"failed {job.name}: {error}", file=stdout, flush=True)
                 all_installed = False
-                continue
             except Unreachable as error:
                 print(f"failed {job.name}: {error}", file=stdout, flush=True)
                 for skipped in jobs[index + 1:]:
                     print(f"failed {skipped.name}: not sent, the server is unreachable", file=stdout, flush=True)
-                return EXIT_FAILED
-            print(tus.describe_status(document, job.name), file=stdout, flush=True)
-            state = document.get("state")
-            all_installed &= state == tus.INSTALLED or (not args.wait and state != tus.FAILED)
+                all_installed = False
+                break
+        else:
+            for item, document in uploader.follow(sent):
+                print(tus.describe_status(document, item.job.name), file=stdout, flush=True)
+                all_installed &= tus.is_success(document, args.wait)
+    except Unreachable as error:
+        print(f"failed: no final status: {error}", file=stdout, flush=True)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("\nmodeldrop upload: interrupted; run the same command again to resume", file=stderr)
         return EXIT_INTERRUPTED
@@ -258,27 +278,66 @@ class Uploader:
     def close(self) -> None:
         self.http.close()
 
-    def upload(self, job: UploadJob) -> dict[str, Any]:
-        """Send the file (or what the server lacks of it) and return the server's status document."""
+    def send(self, job: UploadJob) -> Sent:
+        """Send the file, or what the server still lacks of it."""
         key = tus.fingerprint(self.server, str(job.path), job.size, job.mtime_ns)
         progress = Progress(self.stderr, job.name, job.size, quiet=self.quiet)
         attempts = Attempts(self.policy, self.sleep, self.jitter, progress.message)
         try:
             position = self._send(job, key, progress, attempts)
         except Refused:
-            progress.finish()
             remembered = self.memory.get(key) or {}
             if self._server_failure(remembered.get("status_url")) is not None:
                 self.memory.forget(key)  # the server gave up on this upload; a next run starts afresh
             raise
-        progress.finish()
-        document = self._await_status(position.status_url, job.name, attempts)
+        finally:
+            progress.finish()
+        return Sent(job, key, position)
+
+    def follow(self, sent: list[Sent]) -> Iterator[tuple[Sent, dict[str, Any]]]:
+        """Each sent file with its status document, as soon as it is settled (`tus.is_settled`).
+
+        All files are polled in turn rather than one by one, since shards of a set finish together.
+        """
+        attempts = Attempts(self.policy, self.sleep, self.jitter, self._note)
+        pending = list(sent)
+        failed: set[str] = set()
+        last_seen: dict[str, str] = {}
+        pause = FIRST_POLL_SECONDS
+        while pending:
+            for item in list(pending):
+                try:
+                    document = self._status(item.position.status_url, attempts)
+                except (Refused, tus.ProtocolError) as error:
+                    # The bytes are all there; only the answer is missing, so the memory keeps the
+                    # upload and the next run asks again instead of sending the file anew.
+                    pending.remove(item)
+                    yield item, {"state": tus.FAILED, "reason": f"the server gave no status: {error}"}
+                    continue
+                if document.get("state") == tus.FAILED:
+                    failed.add(item.key)
+                coming = {shard for other in sent if other.key not in failed
+                          if (shard := tus.shard_of(other.job.name)) is not None}
+                if tus.is_settled(document, self.wait, coming):
+                    self._remember_outcome(item, document)
+                    pending.remove(item)
+                    yield item, document
+                    continue
+                line = tus.describe_status(document, item.job.name)
+                if last_seen.get(item.key) != line:
+                    self._note(line)
+                    last_seen[item.key] = line
+            if pending:
+                self.sleep(pause)
+                pause = min(MAX_POLL_SECONDS, pause * 2)
+
+    def _remember_outcome(self, item: Sent, document: Mapping[str, Any]) -> None:
         if document.get("state") == tus.FAILED:
             # The server will not take these bytes; the next run should start a fresh upload.
-            self.memory.forget(key)
+            self.memory.forget(item.key)
         elif document.get("state") == tus.INSTALLED:
-            self.memory.remember(key, url=position.url, status_url=position.status_url, state=tus.INSTALLED)
-        return document
+            self.memory.remember(item.key, url=item.position.url, status_url=item.position.status_url,
+                                 state=tus.INSTALLED)
 
     def _send(self, job: UploadJob, key: str, progress: Progress, attempts: Attempts) -> Position:
         position: Position | None = None
@@ -289,6 +348,9 @@ class Uploader:
                     position = self._resume_or_create(job, key)
                     if position.offset > furthest >= 0:
                         attempts.progressed()  # the failed PATCH still moved the upload forward
+                    if furthest < 0 and position.offset >= job.size:
+                        self._note(f"{job.name}: already uploaded; asking the server how it went")
+                        return position
                     furthest = max(furthest, position.offset)
                     progress.reset(position.offset)
                 if position.offset >= job.size:
@@ -367,30 +429,21 @@ class Uploader:
         status_url = self._status_url(response, position.url, position.status_url)
         return Position(position.url, offset, status_url)
 
-    def _await_status(self, status_url: str, name: str, attempts: Attempts) -> dict[str, Any]:
-        """Poll the upload's status until it is final (or once, with --no-wait)."""
-        pause = FIRST_POLL_SECONDS
-        last_state = None
+    def _status(self, status_url: str, attempts: Attempts) -> dict[str, Any]:
+        """The upload's status document, asking again after transient failures."""
         while True:
             try:
                 response = self._request("GET", status_url, tus.json_headers(self.token))
                 if not response.ok:
                     self._raise_for(response)
-                document = response.json()
-                if not isinstance(document, dict):
-                    raise tus.ProtocolError(f"{status_url} answered {document!r}, not a status document")
             except Retryable as problem:
                 attempts.failed(problem)
                 continue
             attempts.progressed()
-            state = document.get("state")
-            if state in tus.TERMINAL_STATES or not self.wait:
-                return document
-            if state != last_state:
-                self._note(f"{name}: {state} on the server")
-                last_state = state
-            self.sleep(pause)
-            pause = min(MAX_POLL_SECONDS, pause * 2)
+            document = response.json()
+            if not isinstance(document, dict):
+                raise tus.ProtocolError(f"{status_url} answered {document!r}, not a status document")
+            return document
 
     # -------------------------------------------------------- helpers
 

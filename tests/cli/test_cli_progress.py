@@ -79,3 +79,9 @@ def test_quiet_also_silences_messages() -> None:
     stream = FakeStream(terminal=False)
     progress.Progress(stream, "m.gguf", 100, quiet=True).message("retrying")
     assert stream.getvalue() == ""
+
+
+def test_a_bar_never_started_is_never_drawn() -> None:
+    stream = FakeStream(terminal=True)
+    progress.Progress(stream, "m.gguf", 100).finish()
+    assert stream.getvalue() == ""

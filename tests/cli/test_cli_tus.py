@@ -267,3 +267,54 @@ def test_describe_a_failed_upload_gives_the_reason() -> None:
 
 def test_describe_a_state_still_in_progress() -> None:
     assert tus.describe_status({"state": "verifying"}, "m.gguf") == "verifying m.gguf"
+
+
+# ---------------------------------------------------------------- split sets
+
+WAITING = {"state": "verifying", "set": {"prefix": "Big", "count": 3, "present": [1], "missing": [2, 3]}}
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("Big-00002-of-00003.gguf", ("Big", 2)),
+    ("a-b-00001-of-00010.GGUF", ("a-b", 1)),
+    ("Big.gguf", None),
+    ("Big-2-of-3.gguf", None),
+])
+def test_shard_of_reads_llama_cpp_shard_names(name: str, expected: tuple[str, int] | None) -> None:
+    assert tus.shard_of(name) == expected
+
+
+def test_missing_shards_only_while_the_set_waits() -> None:
+    assert tus.missing_shards(WAITING) == [2, 3]
+    assert tus.missing_shards({**WAITING, "state": "installed"}) == []
+    assert tus.missing_shards({"state": "verifying"}) == []
+
+
+def test_a_waiting_shard_is_settled_only_when_nothing_coming_completes_its_set() -> None:
+    assert not tus.is_settled(WAITING, wait=True, shards_coming={("Big", 2), ("Big", 3)})
+    assert not tus.is_settled(WAITING, wait=True, shards_coming={("Big", 3)})
+    assert tus.is_settled(WAITING, wait=True, shards_coming={("Other", 2)})
+    assert tus.is_settled(WAITING, wait=True, shards_coming=set())
+
+
+def test_whole_models_settle_on_final_states_or_without_wait() -> None:
+    assert not tus.is_settled({"state": "queued"}, wait=True, shards_coming=set())
+    assert tus.is_settled({"state": "queued"}, wait=False, shards_coming=set())
+    assert tus.is_settled({"state": "failed"}, wait=True, shards_coming=set())
+    assert tus.is_settled({"state": "installed"}, wait=True, shards_coming=set())
+
+
+@pytest.mark.parametrize(("document", "wait", "expected"), [
+    ({"state": "installed"}, True, True),
+    ({"state": "failed"}, True, False),
+    ({"state": "failed"}, False, False),
+    ({"state": "verifying"}, False, True),
+    (WAITING, True, True),
+])
+def test_is_success(document: dict, wait: bool, expected: bool) -> None:
+    assert tus.is_success(document, wait) is expected
+
+
+def test_describe_a_shard_waiting_for_its_set() -> None:
+    assert tus.describe_status(WAITING, "Big-00001-of-00003.gguf") == (
+        "waiting Big-00001-of-00003.gguf: verified; its split set still needs shard(s) 00002, 00003 of 00003")

@@ -1,0 +1,279 @@
+"""`modeldrop upload`, `models` and `verify` as a user runs them: real CLI processes against a real server.
+
+No mocks: the server is `modeldrop serve` (tests/conftest.py), the client runs as a subprocess, and faults
+are real (SIGKILL of the client, SIGKILL and restart of the server).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.ggufgen import write_model, write_sparse_model, write_split_set
+from tests.support.processes import REPO, ServerProcess, wait_for
+
+MIB = 1024 * 1024
+CLIENT_TIMEOUT = 240
+
+
+@pytest.fixture
+def client_env(tmp_path: Path) -> dict[str, str]:
+    """The client's environment: its own state file, and none of the developer's modeldrop settings."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MODELDROP_")}
+    env["MODELDROP_STATE_FILE"] = str(tmp_path / "client-state" / "uploads.json")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def cli_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli.main", *args]
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cli_argv(*args), cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=CLIENT_TIMEOUT)
+
+
+def start_cli(env: dict[str, str], stderr_path: Path, *args: str) -> subprocess.Popen[str]:
+    with open(stderr_path, "w") as stderr:
+        return subprocess.Popen(cli_argv(*args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr,
+                                text=True)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(4 * MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remembered_upload_url(env: dict[str, str]) -> str | None:
+    """The upload URL the client wrote into its state file, once it has created the upload."""
+    try:
+        uploads = json.loads(Path(env["MODELDROP_STATE_FILE"]).read_text())["uploads"]
+    except (OSError, ValueError, KeyError):
+        return None
+    urls = [entry["url"] for entry in uploads.values() if "url" in entry]
+    return urls[0] if urls else None
+
+
+def server_offset(upload_url: str, token: str | None = None) -> int | None:
+    """The server's Upload-Offset for an upload (a plain tus HEAD), or None while it cannot answer."""
+    parts = urlsplit(upload_url)
+    headers = {"Tus-Resumable": "1.0.0", **({"Authorization": f"Bearer {token}"} if token else {})}
+    try:
+        connection = http.client.HTTPConnection(parts.netloc, timeout=5)
+        connection.request("HEAD", parts.path, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+    except OSError:
+        return None
+    offset = response.getheader("Upload-Offset")
+    return int(offset) if response.status in (200, 204) and offset is not None else None
+
+
+def wait_for_offset(env: dict[str, str], at_least: int, client: subprocess.Popen[str]) -> tuple[str, int]:
+    """Wait until the running client's upload holds `at_least` bytes on the server; (url, offset)."""
+    def reached() -> tuple[str, int] | None:
+        assert client.poll() is None, "the client finished before it could be interrupted: use a bigger file"
+        url = remembered_upload_url(env)
+        offset = server_offset(url) if url else None
+        return (url, offset) if url and offset is not None and offset >= at_least else None
+    result: tuple[str, int] = wait_for(reached, 60, f"the upload to reach {at_least} bytes", interval=0.01)
+    return result
+
+
+def installed_file(server: ServerProcess, name: str) -> Path:
+    return server.models_dir / name
+
+
+@pytest.fixture
+def big_model(tmp_path: Path) -> Path:
+    """A valid, sparse GGUF big enough that 1 MiB PATCHes take a while: there is time to interrupt."""
+    return write_sparse_model(tmp_path / "Sparse-8B-Q4_K_M.gguf", size_gib=0.75)
+
+
+# ---------------------------------------------------------------- the happy path
+
+
+def test_upload_installs_the_model_and_prints_its_status(server: ServerProcess, tmp_path: Path,
+                                                         client_env: dict[str, str]) -> None:
+    model = write_model(tmp_path / "Tiny-Q4_K_M.gguf")
+    digest = sha256_of(model)
+
+    result = run_cli(client_env, "upload", str(model), "--server", server.url, "--sha256", digest)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = result.stdout.strip()
+    assert line.startswith("installed Tiny-Q4_K_M.gguf (llama, Q4_K_M, sha256 "), line
+    assert digest.startswith(line.split("sha256 ")[1].rstrip("…)"))
+    assert installed_file(server, "Tiny-Q4_K_M.gguf").read_bytes() == model.read_bytes()
+
+
+def test_running_the_same_upload_again_only_reports_the_status(server: ServerProcess, tmp_path: Path,
+                                                               client_env: dict[str, str]) -> None:
+    model = write_model(tmp_path / "Again.gguf")
+    first = run_cli(client_env, "upload", str(model), "--server", server.url)
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    url = remembered_upload_url(client_env)
+
+    again = run_cli(client_env, "upload", str(model), "--server", server.url)
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.startswith("installed Again.gguf")
+    assert "already uploaded" in again.stderr and "Again.gguf [" not in again.stderr  # no bytes sent again
+    assert remembered_upload_url(client_env) == url
+
+
+def test_a_split_set_uploads_every_shard(server: ServerProcess, tmp_path: Path,
+                                         client_env: dict[str, str]) -> None:
+    shards = write_split_set(tmp_path, "Split-Test", 3)
+
+    result = run_cli(client_env, "upload", *map(str, shards), "--server", server.url, "--quiet")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(result.stdout.splitlines()) == 3
+    assert all(line.startswith("installed ") for line in result.stdout.splitlines()), result.stdout
+    for shard in shards:  # a set is installed as one folder named after it
+        assert installed_file(server, f"Split-Test/{shard.name}").read_bytes() == shard.read_bytes()
+
+
+def test_part_of_a_split_set_waits_without_hanging(server: ServerProcess, tmp_path: Path,
+                                                   client_env: dict[str, str]) -> None:
+    first, second = write_split_set(tmp_path, "Halves", 2)
+
+    waiting = run_cli(client_env, "upload", str(first), "--server", server.url, "--quiet")
+    completed = run_cli(client_env, "upload", str(second), "--server", server.url, "--quiet")
+
+    assert waiting.returncode == 0, waiting.stdout + waiting.stderr
+    assert waiting.stdout.startswith(f"waiting {first.name}: verified; its split set still needs shard(s) 00002")
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert completed.stdout.startswith("installed Halves/")
+
+
+def test_models_and_verify_describe_an_installed_model(server: ServerProcess, tmp_path: Path,
+                                                       client_env: dict[str, str]) -> None:
+    model = write_model(tmp_path / "Listed-Q4_K_M.gguf")
+    assert run_cli(client_env, "upload", str(model), "--server", server.url).returncode == 0
+
+    table = run_cli(client_env, "models", "--server", server.url)
+    as_json = run_cli(client_env, "models", "--server", server.url, "--json")
+    verified = run_cli(client_env, "verify", "Listed-Q4_K_M.gguf", "--sha256", "--server", server.url)
+    unknown = run_cli(client_env, "verify", "Nothing-Here.gguf", "--server", server.url)
+
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].split()[:2] == ["NAME", "KIND"]
+    assert any(line.startswith("Listed-Q4_K_M.gguf") and "llama" in line for line in table.stdout.splitlines())
+    assert "disk:" in table.stdout
+    names = [entry["name"] for entry in json.loads(as_json.stdout)["models"]]
+    assert "Listed-Q4_K_M.gguf" in names
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.startswith("ok Listed-Q4_K_M.gguf") and sha256_of(model) in verified.stdout
+    assert unknown.returncode == 1
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_a_file_that_is_not_gguf_is_refused_with_the_servers_message(server: ServerProcess, tmp_path: Path,
+                                                                     client_env: dict[str, str]) -> None:
+    fake = tmp_path / "notes.gguf"
+    fake.write_bytes(b"this is not a model\n" * 100)
+
+    result = run_cli(client_env, "upload", str(fake), "--server", server.url)
+
+    assert result.returncode == 1
+    assert result.stdout.startswith("failed notes.gguf: "), result.stdout
+    assert "GGUF" in result.stdout
+    assert not installed_file(server, "notes.gguf").exists()
+
+
+def test_an_installed_name_is_refused_not_overwritten(server: ServerProcess, tmp_path: Path,
+                                                      client_env: dict[str, str]) -> None:
+    model = write_model(tmp_path / "Taken.gguf")
+    assert run_cli(client_env, "upload", str(model), "--server", server.url).returncode == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    different = write_model(other / "Taken.gguf", tensors=3)
+
+    result = run_cli(client_env, "upload", str(different), "--server", server.url)
+
+    assert result.returncode == 1
+    assert result.stdout.startswith("failed Taken.gguf: "), result.stdout
+    assert installed_file(server, "Taken.gguf").read_bytes() == model.read_bytes()
+
+
+def test_a_wrong_token_is_a_clear_failure(start_server: Callable[..., ServerProcess], tmp_path: Path,
+                                          client_env: dict[str, str]) -> None:
+    server = start_server(token=["right-token"])
+    model = write_model(tmp_path / "Guarded.gguf")
+
+    refused = run_cli(client_env, "upload", str(model), "--server", server.url, "--token", "wrong-token")
+    listing = run_cli(client_env, "models", "--server", server.url, "--token", "wrong-token")
+    accepted = run_cli({**client_env, "MODELDROP_TOKEN": "right-token", "MODELDROP_SERVER": server.url},
+                       "upload", str(model))
+
+    assert refused.returncode == 1
+    assert refused.stdout.startswith("failed Guarded.gguf: ") and "token" in refused.stdout, refused.stdout
+    assert "retry" not in refused.stderr  # a 401 is final: no pointless retries
+    assert listing.returncode == 1 and "token" in listing.stderr
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+
+
+# ---------------------------------------------------------------- interruptions
+
+
+def test_a_killed_upload_resumes_from_the_servers_offset(server: ServerProcess, tmp_path: Path,
+                                                         client_env: dict[str, str], big_model: Path) -> None:
+    args = ("upload", str(big_model), "--server", server.url, "--chunk-size", "1MiB")
+    first = start_cli(client_env, tmp_path / "first.err", *args)
+    try:
+        url, _ = wait_for_offset(client_env, 8 * MIB, first)
+    finally:
+        first.kill()
+        first.wait(10)
+    before = wait_for(lambda: server_offset(url), 10, "the server's offset after the kill")
+
+    second = run_cli(client_env, *args)
+
+    assert 0 < before < big_model.stat().st_size
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "continuing from there" in second.stderr
+    assert second.stdout.startswith("installed Sparse-8B-Q4_K_M.gguf")
+    assert sha256_of(installed_file(server, big_model.name)) == sha256_of(big_model)
+
+
+def test_the_upload_survives_a_server_crash_and_restart(server: ServerProcess, tmp_path: Path,
+                                                        client_env: dict[str, str], big_model: Path) -> None:
+    client = start_cli(client_env, tmp_path / "client.err", "upload", str(big_model), "--server", server.url,
+                       "--chunk-size", "1MiB", "--retry-delay", "0.2", "--retries", "20")
+    try:
+        wait_for_offset(client_env, 8 * MIB, client)
+        server.kill()
+        time.sleep(1.0)  # the client meets a refused connection at least once
+        server.start()
+        stdout, _ = client.communicate(timeout=CLIENT_TIMEOUT)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    stderr = (tmp_path / "client.err").read_text()
+
+    assert client.returncode == 0, stdout + stderr
+    assert "retry 1/20" in stderr
+    assert "continuing from there" in stderr  # from the server's offset, not from zero
+    assert stdout.startswith("installed Sparse-8B-Q4_K_M.gguf")
+    assert sha256_of(installed_file(server, big_model.name)) == sha256_of(big_model)
+
