@@ -1,5 +1,5 @@
 // The access-token dialog: asks once, keeps the token in localStorage, re-asks after a 401.
-import { api, onUnauthorized, token } from './lib/api.js'
+import { api, onUnauthorized, sentence, token } from './lib/api.js'
 import { $, setText, show } from './lib/dom.js'
 
 export function createAuth(config) {
@@ -43,7 +43,7 @@ export function createAuth(config) {
     } catch (err) {
       if (err.status === 401) {
         token.clear()
-        showError(`The server did not accept this token: ${err.message}`)
+        showError(`The server did not accept this token: ${sentence(err.message)}`)
         input.focus()
         input.select()
         return
@@ -67,7 +67,7 @@ export function createAuth(config) {
   show(change, !!config.auth_required)
 
   onUnauthorized((message) => {
-    prompt(`The server rejected the access token (${message}). Enter a valid token to continue.`)
+    prompt(`The server rejected the access token: ${sentence(message)} Enter a valid token to continue.`)
   })
 
   if (config.auth_required && !token.get()) prompt('')

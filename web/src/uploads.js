@@ -6,7 +6,7 @@ import GoldenRetriever from '@uppy/golden-retriever'
 import Tus from '@uppy/tus'
 import { confirmAction } from './dialogs.js'
 import { Finalizer, isTerminal, statusPathFor } from './finalize.js'
-import { messageFromBody, token } from './lib/api.js'
+import { messageFromBody, sentence, token } from './lib/api.js'
 import { $, h, icon, setText, show } from './lib/dom.js'
 import { formatBytes, formatCount, formatDuration, formatParams, formatRate, shortHash } from './lib/format.js'
 import { initChunkSize } from './settings.js'
@@ -63,7 +63,7 @@ function tusErrorMessage(err, status) {
   const body = response?.getBody?.()
   const fromServer = body ? messageFromBody(body, status) : null
   if (status === 413) {
-    return `${fromServer || 'The request was too large for the server or a proxy in front of it.'} ` +
+    return `${sentence(fromServer || 'The request was too large for the server or a proxy in front of it')} ` +
       'Choose a smaller chunk size (e.g. 90 MB) under “Chunk size”, then retry: the upload continues where it stopped.'
   }
   if (fromServer) return fromServer
@@ -189,6 +189,11 @@ export function initUploads({ config, auth, onInstalled }) {
 
   uppy.on('file-added', (file) => {
     uppy.setFileMeta(file.id, { filename: file.name, filetype: file.type || 'application/octet-stream' })
+    // Choosing the last interrupted file again resumes the restored uploads right away.
+    const { recoveredState } = uppy.getState()
+    if (recoveredState && file.progress.uploadStarted && !uppy.getFiles().some((f) => f.isGhost)) {
+      setTimeout(() => uppy.emit('restore-confirmed'), 0)
+    }
   })
 
   uppy.on('file-removed', (file) => {
@@ -221,7 +226,7 @@ export function initUploads({ config, auth, onInstalled }) {
     errors.set(file.id, message)
     if (status === 401) {
       waitingForAuth.add(file.id)
-      auth.prompt(`The server rejected the access token (${message}). Enter a valid token; the upload then continues.`)
+      auth.prompt(`The server rejected the access token: ${sentence(message)} Enter a valid token and the upload continues.`)
     }
     scheduleRender()
   })
@@ -351,6 +356,12 @@ export function initUploads({ config, auth, onInstalled }) {
         return Object.assign(view, {
           state: 'offline', label: 'Offline', tone: 'warn',
           line: `${sentText} sent. The network is down; the upload continues by itself when it is back.`,
+        })
+      }
+      if (!speed.started(fileID) && uppy.getState().recoveredState) {
+        return Object.assign(view, {
+          state: 'resumable', label: 'Ready to resume', actions: ['remove'],
+          line: `${sentText} already sent. Press “Resume” to continue from there.`,
         })
       }
       if (!speed.started(fileID)) {

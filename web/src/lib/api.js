@@ -36,6 +36,12 @@ export function messageFromBody(body, status) {
   return `The server answered with HTTP ${status}.`
 }
 
+/** Ends a server message with punctuation so it can stand inside a longer text. */
+export function sentence(message) {
+  const text = String(message || '').trim()
+  return /[.!?]$/.test(text) ? text : `${text}.`
+}
+
 function codeFromBody(body) {
   try {
     return JSON.parse(body).error || null
