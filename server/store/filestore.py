@@ -256,7 +256,9 @@ class FileStore:
         return total
 
     def unfinished_count(self) -> int:
-        return sum(1 for info in self.iter_infos() if not info.is_complete and not info.is_partial)
+        """Uploads that may still receive bytes; a failed one (e.g. not GGUF) never will."""
+        return sum(1 for info in self.iter_infos() if not info.is_complete and not info.is_partial
+                   and (self.read_status(info.id) or {}).get("state") not in TERMINAL_STATES)
 
     def reconcile(self, orphan_age: float = 60.0) -> ReconcileReport:
         """Brings the store back to a consistent state after a crash; safe while other processes run."""
