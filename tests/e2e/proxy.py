@@ -3,6 +3,7 @@
 Real clients (tus-js-client, tuspy) send as fast as loopback allows; through this relay a test can make
 them slow enough to kill the server mid-PATCH, then lift the limit so the resumed upload is quick.
 The target port is looked up on each new connection, so a restarted server on the same port works.
+`half_open()` drops the client side only: the server keeps a silent connection, as after a lost link.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class Proxy:
         self.forwarded = 0               # client→server bytes handed to the server's socket, all connections
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
+        self._clients: set[socket.socket] = set()
+        self._kept: set[socket.socket] = set()   # server-side sockets left open and silent by half_open()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._closed = False
@@ -46,6 +49,7 @@ class Proxy:
                 continue
             with self._lock:
                 self._sockets |= {client, upstream}
+                self._clients.add(client)
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
@@ -74,7 +78,10 @@ class Proxy:
     def _drop(self, *sockets: socket.socket) -> None:
         for sock in sockets:
             with self._lock:
+                if sock in self._kept:
+                    continue
                 self._sockets.discard(sock)
+                self._clients.discard(sock)
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -87,7 +94,16 @@ class Proxy:
             sockets = list(self._sockets)
         self._drop(*sockets)
 
+    def half_open(self) -> None:
+        """Drops every client connection but leaves the server's side open, never to send again."""
+        with self._lock:
+            clients = list(self._clients)
+            self._kept |= self._sockets - self._clients
+        self._drop(*clients)
+
     def close(self) -> None:
         self._closed = True
         self._listener.close()
+        with self._lock:
+            self._kept.clear()
         self.cut()

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.clients import NodeUpload
 from tests.e2e.conftest import MIB
+from tests.e2e.proxy import Proxy
 from tests.e2e.test_real_clients import assert_installed
 from tests.e2e.wire import RawPatch, create, head_offset, on, patch, stored_bytes, stored_size
-from tests.support.processes import ServerProcess, WorkerProcess
+from tests.support.processes import ServerProcess, WorkerProcess, wait_for
 
 
 @pytest.mark.parametrize("backend", ["flock", "redis"])
@@ -55,3 +57,30 @@ def test_stalled_patch_on_server_a_releases_to_server_b(
     assert patch(url, sent, stalled_more)[0] == 409, "server A accepted a PATCH after B completed the upload"
     assert stored_size(a, url) in (0, len(source))  # installed (moved away) or complete, never more
     assert_installed(b, url, model)
+
+
+def test_tus_js_client_reconnecting_after_a_half_open_link_takes_its_upload_back(
+        start_server: Callable[..., ServerProcess], proxy: Callable[..., Proxy], model: Path) -> None:
+    """The client's link dies but the server never hears of it: the retry must not wait for idle_timeout."""
+    server = start_server(fsync=False, idle_timeout=60, lock_timeout=5)
+    relay = proxy(server, rate=2 * MIB)
+    upload = NodeUpload(model, f"{relay.url}/files/", retry_delays=[200, 500, 1000, 2000])
+    try:
+        wait_for(lambda: relay.forwarded >= 3 * MIB, 20, "3 MiB on the wire")
+        time.sleep(0.3)
+        frozen_at = relay.forwarded
+        relay.rate = None
+        relay.half_open()
+        cut = time.monotonic()
+        url = upload.finish(30)
+        took = time.monotonic() - cut
+    finally:
+        upload.stop()
+
+    responses = upload.of("response")
+    heads = [event for event in responses if event["method"] == "HEAD"]
+    assert heads and heads[0]["status"] == 200
+    assert 0 < int(heads[0]["offset"]) <= frozen_at
+    assert all(event["status"] != 423 for event in responses)
+    assert took < 10, f"the upload took {took:.1f}s to recover from a half-open link (idle timeout 60s)"
+    assert_installed(server, url, model)
