@@ -1,0 +1,65 @@
+"""server/settings.py: pure parsing from a dict environment and flags; exposure refusal."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from server.settings import GIB, MIB, Settings, SettingsError, add_arguments, parse_bool, parse_size
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1048576", MIB), ("64MiB", 64 * MIB), ("2g", 2 * GIB),
+                                                ("1.5 GiB", int(1.5 * GIB)), ("10b", 10)])
+def test_settings_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "12XB", "-1G", "1..2G"])
+def test_settings_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_settings_parse_bool_is_strict() -> None:
+    assert parse_bool("TRUE") and not parse_bool("0")
+    with pytest.raises(ValueError):
+        parse_bool("maybe")
+
+
+def test_settings_from_env_reads_prefixed_names_and_tokens() -> None:
+    settings = Settings.from_env({"MODELDROP_MAX_SIZE": "10G", "MODELDROP_TOKENS": "a, b,", "REDIS_URL": "redis://x",
+                                  "MODELDROP_DATA_DIR": "/srv/md", "MODELDROP_FSYNC": "false"})
+    assert settings.max_size == 10 * GIB and settings.token == ("a", "b") and settings.redis_url == "redis://x"
+    assert settings.models_dir == Path("/srv/md/models") and settings.staging_dir == Path("/srv/md/staging")
+    assert settings.fsync is False and not settings.embedded
+
+
+def test_settings_env_error_names_the_variable() -> None:
+    with pytest.raises(SettingsError, match="MODELDROP_MAX_UPLOADS"):
+        Settings.from_env({"MODELDROP_MAX_UPLOADS": "many"})
+
+
+def test_settings_flags_win_over_environment() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, "serve")
+    args = parser.parse_args(["--max-size", "1G", "--token", "x,y", "--token", "z", "--no-fsync"])
+    settings = Settings.from_args(args, {"MODELDROP_MAX_SIZE": "5G", "MODELDROP_TOKENS": "env"})
+    assert settings.max_size == GIB and settings.token == ("x", "y", "z") and settings.fsync is False
+
+
+@pytest.mark.parametrize("values", [{"max_size": 0}, {"sync_interval": 1000}, {"workers": 0},
+                                    {"idle_timeout": 0}, {"log_level": "loud"}])
+def test_settings_invalid_values_are_refused(values: dict[str, object]) -> None:
+    with pytest.raises(SettingsError):
+        Settings.from_values(values)
+
+
+@pytest.mark.parametrize(("values", "refused"), [
+    ({"host": "0.0.0.0"}, True), ({"host": "::"}, True), ({"host": "127.0.0.1"}, False), ({"host": "::1"}, False),
+    ({"host": "localhost"}, False), ({"host": "0.0.0.0", "token": ("t",)}, False),
+    ({"host": "0.0.0.0", "allow_anonymous": True}, False),
+])
+def test_settings_exposure_without_token(values: dict[str, object], refused: bool) -> None:
+    assert (Settings.from_values(values).check_exposure() is not None) is refused

@@ -1,0 +1,201 @@
+"""server/store/filestore.py on tmp dirs: offsets from the file, atomic records, resumable sha256,
+checksum rollback, crash reconcile, expiry sweep."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from server import errors
+from server.store import digest
+from server.store.filestore import FileStore, write_atomic
+from server.store.info import UploadInfo
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    created = FileStore(tmp_path / "staging", durable=True)
+    created.prepare()
+    return created
+
+
+def new_upload(store: FileStore, length: int | None = 100, **fields: object) -> UploadInfo:
+    return store.create(UploadInfo(id=store.new_id(), length=length, filename="m.gguf", created_at=time.time(),
+                                   **fields))  # type: ignore[arg-type]
+
+
+def write(store: FileStore, info: UploadInfo, *chunks: bytes) -> int:
+    writer = store.open_writer(store.load(info.id), MIB)
+    try:
+        writer.write(list(chunks))
+        return writer.sync()
+    finally:
+        writer.close()
+
+
+def test_store_offset_is_the_data_file_length(store: FileStore) -> None:
+    info = new_upload(store)
+    assert store.load(info.id).offset == 0
+    with open(store.paths(info.id).data, "ab") as data:
+        data.write(b"GGUF123")  # bytes that reached the disk without any record update
+    assert store.load(info.id).offset == 7
+    assert "offset" not in json.loads(store.paths(info.id).info.read_text())
+
+
+def test_store_unknown_or_unsafe_ids_are_404(store: FileStore) -> None:
+    for upload_id in ("a" * 32, "../" + "a" * 29, "A" * 32, ""):
+        with pytest.raises(errors.HTTPError) as caught:
+            store.load(upload_id)
+        assert caught.value.status == 404
+
+
+def test_store_write_atomic_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "record"
+    write_atomic(target, b"old")
+    write_atomic(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["record"]
+
+
+def test_store_writer_appends_in_order(store: FileStore) -> None:
+    info = new_upload(store)
+    assert write(store, info, b"GGUF", b"abc") == 7
+    assert write(store, info, b"def") == 10
+    assert store.paths(info.id).data.read_bytes() == b"GGUFabcdef"
+
+
+@pytest.mark.skipif(not digest.available(), reason="libcrypto not loadable")
+def test_store_checkpoint_resume_equals_hashlib(store: FileStore) -> None:
+    data = os.urandom(3 * MIB + 123)
+    info = new_upload(store, length=len(data))
+    write(store, info, data[:MIB + 7])           # one writer (one request), checkpointed at its end
+    write(store, info, data[MIB + 7:])
+    assert store.digest_if_known(store.load(info.id)) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.skipif(not digest.available(), reason="libcrypto not loadable")
+def test_store_lost_checkpoint_gives_no_digest(store: FileStore) -> None:
+    data = os.urandom(3 * MIB + 123)
+    info = new_upload(store, length=len(data))
+    write(store, info, data[:MIB + 7])
+    write(store, info, data[MIB + 7:2 * MIB])    # a new writer resumes the hash from the checkpoint
+    with open(store.paths(info.id).data, "ab") as tail:
+        tail.write(data[2 * MIB:2 * MIB + 5])   # bytes past the checkpoint (a crash after write, before sync)
+    store.paths(info.id).checkpoint.unlink()
+    write(store, info, data[2 * MIB + 5:])       # no checkpoint: the digest is left to the finalizer's full read
+    assert store.digest_if_known(store.load(info.id)) is None
+
+
+@pytest.mark.skipif(not digest.available(), reason="libcrypto not loadable")
+def test_store_checkpoint_rehashes_the_tail_past_it(store: FileStore) -> None:
+    data = os.urandom(2 * MIB + 99)
+    info = new_upload(store, length=len(data))
+    write(store, info, data[:MIB])
+    with open(store.paths(info.id).data, "ab") as tail:
+        tail.write(data[MIB:MIB + 1000])         # durable bytes the checkpoint does not cover yet
+    write(store, info, data[MIB + 1000:])
+    assert store.digest_if_known(store.load(info.id)) == hashlib.sha256(data).hexdigest()
+
+
+def test_store_rollback_cuts_the_chunk_and_restores_the_hash(store: FileStore) -> None:
+    info = new_upload(store, length=20)
+    write(store, info, b"GGUF1234")
+    writer = store.open_writer(store.load(info.id), MIB)
+    state = writer.hash_state()
+    writer.write([b"garbage"])
+    writer.rollback(8, state)
+    writer.write([b"5678abcd"])
+    writer.sync()
+    writer.close()
+    assert store.paths(info.id).data.read_bytes() == b"GGUF12345678abcd"
+    if digest.available():
+        write(store, info, b"wxyz")
+        assert store.digest_if_known(store.load(info.id)) == hashlib.sha256(b"GGUF12345678abcdwxyz").hexdigest()
+
+
+def test_store_reconcile_rolls_back_a_pending_checksum_request(store: FileStore) -> None:
+    info = new_upload(store)
+    write(store, info, b"GGUF1234", b"unverified")
+    store.paths(info.id).pending.write_text("8")  # the server died before the checksum was checked
+    report = store.reconcile()
+    assert report.rolled_back == [info.id]
+    assert store.load(info.id).offset == 8
+    assert not store.paths(info.id).pending.exists()
+    assert info.id in report.unfinished
+
+
+def test_store_reconcile_removes_old_orphans_only(store: FileStore) -> None:
+    info = new_upload(store)
+    orphan = store.uploads_dir / ("b" * 32 + ".bin")
+    temp = store.uploads_dir / f"{info.id}.info.tmp-1234"
+    fresh = store.uploads_dir / ("c" * 32 + ".bin")
+    for path in (orphan, temp, fresh):
+        path.write_bytes(b"x")
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
+    os.utime(temp, (old, old))
+    report = store.reconcile(orphan_age=60)
+    assert sorted(report.removed_orphans) == sorted([orphan.name, temp.name])
+    assert fresh.exists() and store.paths(info.id).data.exists()
+
+
+def test_store_reconcile_sorts_complete_and_final_uploads(store: FileStore) -> None:
+    done = new_upload(store, length=4)
+    write(store, done, b"GGUF")
+    final = new_upload(store, length=4, concat="final")
+    report = store.reconcile()
+    assert report.to_finalize == [done.id]
+    assert report.to_assemble == [final.id]
+
+
+def test_store_sweep_expires_idle_unfinished_uploads_as_gone(store: FileStore) -> None:
+    idle = new_upload(store)
+    now = time.time()
+    assert store.sweep(3600, now=now) == []
+    assert store.sweep(3600, now=now + 3601) == [idle.id]
+    with pytest.raises(errors.HTTPError) as caught:
+        store.load(idle.id)
+    assert caught.value.status == 410
+    assert not store.paths(idle.id).data.exists()
+
+
+def test_store_sweep_keeps_finished_records_until_they_expire(store: FileStore) -> None:
+    info = new_upload(store, length=4)
+    write(store, info, b"GGUF")
+    store.write_status(info.id, state="installed", offset=4)
+    store.remove_data(info.id)
+    now = time.time()
+    assert store.sweep(60, now=now + 30) == []
+    assert store.load(info.id).offset == 4
+    assert store.sweep(60, now=now + 61) == [info.id]
+    assert not store.paths(info.id).gone.exists() or store.sweep(60, now=now + 1000) == []
+    store.sweep(60, now=now + 1000)
+    with pytest.raises(errors.HTTPError) as caught:
+        store.load(info.id)
+    assert caught.value.status == 404  # the tombstone itself is dropped after 4 × expire_after
+
+
+def test_store_load_of_a_moved_complete_upload_uses_the_status_offset(store: FileStore) -> None:
+    info = new_upload(store, length=4)
+    write(store, info, b"GGUF")
+    store.mark_queued(store.load(info.id))
+    store.paths(info.id).data.unlink()  # staged into a split set by the finalizer, state still verifying
+    assert store.load(info.id).offset == 4
+
+
+def test_store_unfinished_count_skips_partials_complete_and_failed(store: FileStore) -> None:
+    new_upload(store)
+    new_upload(store, concat="partial")
+    failed = new_upload(store)
+    store.write_status(failed.id, state="failed", reason="not gguf")
+    complete = new_upload(store, length=4)
+    write(store, complete, b"GGUF")
+    assert store.unfinished_count() == 1
+    assert store.reserved_bytes() == 200  # the unfinished upload and the partial; not the failed one
