@@ -90,7 +90,7 @@ export function initModels() {
     const gguf = model.gguf || {}
     const isSplit = model.kind === 'split' && model.shards?.length
     const open = isSplit && expanded.has(model.name)
-    const installed = parseTime(model.mtime)
+    const installed = parseTime(model.installed_at ?? model.mtime)
     const sub = []
     if (isSplit) {
       sub.push(h('button', {
@@ -141,7 +141,8 @@ export function initModels() {
 
   function render(data) {
     lastData = data
-    const models = [...(data.models || [])].sort((a, b) => (parseTime(b.mtime)?.getTime() || 0) - (parseTime(a.mtime)?.getTime() || 0))
+    const when = (m) => parseTime(m.installed_at ?? m.mtime)?.getTime() || 0
+    const models = [...(data.models || [])].sort((a, b) => when(b) - when(a))
     body.replaceChildren(...models.flatMap(modelRows))
     show(table, models.length > 0)
     show(empty, models.length === 0)

@@ -82,18 +82,14 @@ function ggufChips(gguf) {
   const params = formatParams(gguf.parameter_count) || gguf.size_label
   if (params) chips.push({ text: `${params} params`, title: 'Parameters' })
   if (gguf.context_length) chips.push({ text: `ctx ${formatCount(gguf.context_length)}`, title: 'Context length' })
-  if (gguf.split_count > 1) chips.push({ text: `shard ${gguf.split_no} of ${gguf.split_count}`, title: 'Split model' })
+  if (gguf.split_count > 1) chips.push({ text: `shard ${gguf.split_no + 1} of ${gguf.split_count}`, title: 'Split model' })
   return chips
 }
 
 function serverChips(status) {
   const chips = ggufChips(status.gguf)
   const { set, llama_server: llama } = status
-  if (set && set.count > 1) {
-    chips.push(set.missing?.length
-      ? { text: `waiting for shard${set.missing.length > 1 ? 's' : ''} ${set.missing.join(', ')} of ${set.count}`, tone: 'warn' }
-      : { text: `all ${set.count} shards present`, tone: 'ok' })
-  }
+  if (set && set.count > 1 && !set.missing?.length) chips.push({ text: `all ${set.count} shards present`, tone: 'ok' })
   if (llama?.error) chips.push({ text: `llama-server: ${llama.error}`, tone: 'danger' })
   else if (llama?.listed === true) chips.push({ text: 'listed by llama-server', tone: 'ok' })
   else if (llama?.listed === false) chips.push({ text: 'not listed by llama-server yet', tone: 'warn' })
@@ -389,6 +385,15 @@ export function initUploads({ config, auth, onInstalled }) {
         : `SHA-256 ${shortHash(status.sha256)}`
     }
     const waitNote = entry?.error ? ` (status unavailable: ${entry.error})` : ''
+    const missing = status?.set?.missing || []
+    if (!isTerminal(state) && missing.length) {
+      // A verified shard of a split model waits, staged, for the rest of its set.
+      const plural = missing.length > 1
+      return Object.assign(view, {
+        label: 'Waiting for shards', tone: 'warn', busy: false, steps: stepsFor(3),
+        line: `Verified. The set is installed once shard${plural ? 's' : ''} ${missing.join(', ')} of ${status.set.count} ${plural ? 'are' : 'is'} uploaded too.${waitNote}`,
+      })
+    }
     switch (state) {
       case 'finishing':
         view.line = `All ${formatBytes(size)} sent. Asking the server for its status…${waitNote}`
