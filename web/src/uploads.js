@@ -117,6 +117,7 @@ export function initUploads({ config, auth, onInstalled }) {
   const list = $('#upload-list')
   const section = $('#uploads-section')
   const startButton = $('#start-upload')
+  const clearButton = $('#clear-finished')
   const reselectInput = $('#reselect-input')
 
   const uppy = new Uppy({
@@ -254,6 +255,10 @@ export function initUploads({ config, auth, onInstalled }) {
     })
   })
 
+  clearButton.addEventListener('click', () => {
+    finishedIds().forEach(forget)
+  })
+
   startButton.addEventListener('click', () => {
     const invalid = invalidShaFiles()
     if (invalid.length) {
@@ -292,8 +297,7 @@ export function initUploads({ config, auth, onInstalled }) {
         break
       }
       default: // remove, dismiss
-        if (file) uppy.removeFile(fileID)
-        finalizer.forget(fileID)
+        forget(fileID)
     }
     scheduleRender()
   }
@@ -303,6 +307,17 @@ export function initUploads({ config, auth, onInstalled }) {
     const value = normalizeSha(raw)
     if (!shaProblem(value)) setSha(fileID, value)
     scheduleRender()
+  }
+
+  /** Drops a file from the queue and stops following its install. */
+  function forget(fileID) {
+    if (uppy.getFile(fileID)) uppy.removeFile(fileID)
+    finalizer.forget(fileID)
+  }
+
+  /** Uploads the server has finished with, installed or failed. */
+  function finishedIds() {
+    return [...finalizer.entries.values()].filter((e) => isTerminal(e.status?.state)).map((e) => e.fileID)
   }
 
   /** Everything a card shows, from the Uppy file (while sending) and the server status (after). */
@@ -452,6 +467,7 @@ export function initUploads({ config, auth, onInstalled }) {
       card.update(describe(id))
     })
     show(section, ids.length > 0)
+    show(clearButton, finishedIds().length > 0)
 
     const { recoveredState } = uppy.getState()
     const ready = files.filter((f) => !f.progress.uploadStarted && !f.isGhost)
