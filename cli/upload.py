@@ -469,8 +469,10 @@ class Uploader:
     @staticmethod
     def _raise_for(response: Response) -> None:
         code, message = response.error()
+        if code is not None:  # modeldrop's own error: its message does not name the status yet
+            message = f"HTTP {response.status}: {message}"
         if tus.is_retryable_status(response.status, code):
-            raise Retryable(f"HTTP {response.status}: {message}",
+            raise Retryable(message,
                             tus.retry_after_seconds(response.header("Retry-After")))
         raise Refused(message)
 

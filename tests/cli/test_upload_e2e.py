@@ -58,41 +58,60 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def remembered_upload_url(env: dict[str, str]) -> str | None:
-    """The upload URL the client wrote into its state file, once it has created the upload."""
+def remembered_upload(env: dict[str, str]) -> dict[str, str] | None:
+    """The upload the client wrote into its state file (url, status_url), once it has created it."""
     try:
         uploads = json.loads(Path(env["MODELDROP_STATE_FILE"]).read_text())["uploads"]
     except (OSError, ValueError, KeyError):
         return None
-    urls = [entry["url"] for entry in uploads.values() if "url" in entry]
-    return urls[0] if urls else None
+    entries = [entry for entry in uploads.values() if "url" in entry]
+    return entries[0] if entries else None
 
 
-def server_offset(upload_url: str, token: str | None = None) -> int | None:
-    """The server's Upload-Offset for an upload (a plain tus HEAD), or None while it cannot answer."""
-    parts = urlsplit(upload_url)
-    headers = {"Tus-Resumable": "1.0.0", **({"Authorization": f"Bearer {token}"} if token else {})}
+def remembered_upload_url(env: dict[str, str]) -> str | None:
+    entry = remembered_upload(env)
+    return entry["url"] if entry else None
+
+
+def _request(url: str, method: str) -> tuple[int, http.client.HTTPMessage, bytes] | None:
+    """(status, headers, body) of a plain request, or None while the server cannot be reached."""
+    parts = urlsplit(url)
     try:
         connection = http.client.HTTPConnection(parts.netloc, timeout=5)
-        connection.request("HEAD", parts.path, headers=headers)
+        connection.request(method, parts.path, headers={"Tus-Resumable": "1.0.0"})
         response = connection.getresponse()
-        response.read()
+        answer = (response.status, response.headers, response.read())
         connection.close()
     except OSError:
         return None
-    offset = response.getheader("Upload-Offset")
-    return int(offset) if response.status in (200, 204) and offset is not None else None
+    return answer
 
 
-def wait_for_offset(env: dict[str, str], at_least: int, client: subprocess.Popen[str]) -> tuple[str, int]:
-    """Wait until the running client's upload holds `at_least` bytes on the server; (url, offset)."""
-    def reached() -> tuple[str, int] | None:
+def head_offset(upload_url: str) -> int | None:
+    """The server's Upload-Offset from a tus HEAD, or None while it cannot answer.
+
+    Only once the client is gone: a HEAD asks a running PATCH to let go of the upload (lock release).
+    """
+    answer = _request(upload_url, "HEAD")
+    offset = answer[1].get("Upload-Offset") if answer is not None and answer[0] == 200 else None
+    return int(offset) if offset is not None else None
+
+
+def status_offset(status_url: str) -> int | None:
+    """The offset in /api/uploads/<id>: readable while the client sends, without disturbing it."""
+    answer = _request(status_url, "GET")
+    return int(json.loads(answer[2])["offset"]) if answer is not None and answer[0] == 200 else None
+
+
+def wait_for_offset(env: dict[str, str], at_least: int, client: subprocess.Popen[str]) -> str:
+    """Wait until the running client's upload holds `at_least` bytes on the server; its upload URL."""
+    def reached() -> str | None:
         assert client.poll() is None, "the client finished before it could be interrupted: use a bigger file"
-        url = remembered_upload_url(env)
-        offset = server_offset(url) if url else None
-        return (url, offset) if url and offset is not None and offset >= at_least else None
-    result: tuple[str, int] = wait_for(reached, 60, f"the upload to reach {at_least} bytes", interval=0.01)
-    return result
+        entry = remembered_upload(env)
+        offset = status_offset(entry["status_url"]) if entry else None
+        return entry["url"] if entry and offset is not None and offset >= at_least else None
+    url: str = wait_for(reached, 60, f"the upload to reach {at_least} bytes", interval=0.02)
+    return url
 
 
 def installed_file(server: ServerProcess, name: str) -> Path:
@@ -102,7 +121,7 @@ def installed_file(server: ServerProcess, name: str) -> Path:
 @pytest.fixture
 def big_model(tmp_path: Path) -> Path:
     """A valid, sparse GGUF big enough that 1 MiB PATCHes take a while: there is time to interrupt."""
-    return write_sparse_model(tmp_path / "Sparse-8B-Q4_K_M.gguf", size_gib=0.75)
+    return write_sparse_model(tmp_path / "Sparse-8B-Q4_K_M.gguf", size_gib=0.3)
 
 
 # ---------------------------------------------------------------- the happy path
@@ -241,11 +260,11 @@ def test_a_killed_upload_resumes_from_the_servers_offset(server: ServerProcess, 
     args = ("upload", str(big_model), "--server", server.url, "--chunk-size", "1MiB")
     first = start_cli(client_env, tmp_path / "first.err", *args)
     try:
-        url, _ = wait_for_offset(client_env, 8 * MIB, first)
+        url = wait_for_offset(client_env, 8 * MIB, first)
     finally:
         first.kill()
         first.wait(10)
-    before = wait_for(lambda: server_offset(url), 10, "the server's offset after the kill")
+    before = wait_for(lambda: head_offset(url), 10, "the server's offset after the kill")
 
     second = run_cli(client_env, *args)
 
@@ -272,7 +291,7 @@ def test_the_upload_survives_a_server_crash_and_restart(server: ServerProcess, t
     stderr = (tmp_path / "client.err").read_text()
 
     assert client.returncode == 0, stdout + stderr
-    assert "retry 1/20" in stderr
+    assert "retry 1/20" in stderr and "connection refused" in stderr
     assert "continuing from there" in stderr  # from the server's offset, not from zero
     assert stdout.startswith("installed Sparse-8B-Q4_K_M.gguf")
     assert sha256_of(installed_file(server, big_model.name)) == sha256_of(big_model)
