@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import importlib
 import logging
+import os
 import time
 from typing import Protocol
 
@@ -19,7 +20,8 @@ from server.store.info import TERMINAL_STATES
 
 JOB = "worker.finalize.finalize_upload"
 QUEUE_NAME = "modeldrop-finalize"
-STALE_AFTER = 60.0  # a non-terminal status untouched this long, with its finalize lock free, is requeued
+# a non-terminal status untouched this long, with its finalize lock free, is requeued (env: for tests)
+STALE_AFTER = float(os.environ.get("MODELDROP_STALE_AFTER") or 60.0)
 
 log = logging.getLogger("modeldrop.finalizer")
 
