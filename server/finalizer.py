@@ -40,7 +40,7 @@ def job_timeout(length: int | None) -> int:
 
 
 class Finalizer(Protocol):
-    def submit(self, upload_id: str) -> None: ...
+    def submit(self, upload_id: str, abandoned: bool = False) -> None: ...
     def is_pending(self, upload_id: str) -> bool: ...
     def queue_depth(self) -> int: ...
     def close(self) -> None: ...
@@ -56,8 +56,8 @@ class EmbeddedFinalizer:
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="finalize")
         self.pending: set[str] = set()
 
-    def submit(self, upload_id: str) -> None:
-        if upload_id in self.pending:
+    def submit(self, upload_id: str, abandoned: bool = False) -> None:
+        if upload_id in self.pending:  # a job of this process's own thread is never abandoned
             return
         self.pending.add(upload_id)
         self.executor.submit(self._run, upload_id)
@@ -92,9 +92,19 @@ class RQFinalizer:
         self.queue = Queue(QUEUE_NAME, connection=self.connection)
         self.retry = Retry(max=5, interval=[10, 30, 60, 120, 300])
 
-    def submit(self, upload_id: str) -> None:
+    def submit(self, upload_id: str, abandoned: bool = False) -> None:
+        """abandoned: the caller knows the pending job is dead (RQ still says started after its worker
+        was killed, until RQ's own cleanup runs minutes later), so it is replaced rather than kept."""
         if self.is_pending(upload_id):
-            return
+            if not abandoned:
+                return
+            from rq.exceptions import NoSuchJobError
+            from rq.job import Job
+
+            try:
+                Job.fetch(job_id(upload_id), connection=self.connection).delete()
+            except NoSuchJobError:
+                pass
         info = self.store.load(upload_id)
         self.queue.enqueue(JOB, args=(upload_id,), job_id=job_id(upload_id), job_timeout=job_timeout(info.length),
                            retry=self.retry, result_ttl=86400, failure_ttl=7 * 86400,
@@ -143,7 +153,8 @@ def requeue_stuck(store: FileStore, finalizer: Finalizer, locks: LockSpace, ids:
             continue  # a staged shard: the set's last shard publishes it
         if ids is None and now - float(status.get("updated_at", 0)) < STALE_AFTER:
             continue
-        if finalizer.is_pending(upload_id) and status.get("state") != "verifying":
+        pending = finalizer.is_pending(upload_id)
+        if pending and status.get("state") != "verifying":
             continue
         held = locks.try_acquire(finalize_lock_name(upload_id))
         if held is None:
@@ -151,6 +162,6 @@ def requeue_stuck(store: FileStore, finalizer: Finalizer, locks: LockSpace, ids:
         held.release()
         if not status:
             store.mark_queued(info)
-        finalizer.submit(upload_id)
+        finalizer.submit(upload_id, abandoned=pending)  # verifying, a job "running", but nobody holds the lock
         requeued.append(upload_id)
     return requeued
