@@ -36,7 +36,7 @@ def render(meta: dict[str, Any], results: Results) -> str:
              f"Figures: median [min–max]; ratios pair by pair within this run. modeldrop commit {meta['commit']}"
              f"{' (' + meta['modeldrop_dir'] + ')' if meta['modeldrop_dir'] and 'exp' in meta['modeldrop_dir'] else ''}"
              f"{', serve ' + ' '.join(meta['modeldrop_args']) if meta['modeldrop_args'] else ''}. "
-             f"Run took {meta['elapsed_s'] / 60:.1f} min.", ""]
+             f"Run took {meta['elapsed_s'] / 60:.1f} min. Machine: {meta.get('load', '?')}.", ""]
     if meta.get("label"):
         lines += [f"Note: {meta['label']}", ""]
     for workload in ("one", "chunked", "ref4g"):

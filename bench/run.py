@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -174,6 +175,7 @@ def measure_concurrent(server: Server, source: dict[str, Any], uploads: int, idl
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the running server is stopped
     parser = argparse.ArgumentParser(prog="bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--size", type=parse_size, default=4 * GIB, help="upload size (default 4GiB)")
     parser.add_argument("--reps", type=int, default=3)
@@ -184,15 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default=",".join(ALL_SERVERS))
     parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS))
     parser.add_argument("--modeldrop-dir", type=Path, default=REPO, help="run modeldrop from a copy (experiments)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
+                        help="a copy of the code to compare, run as servers modeldrop@NAME, modeldrop-nofsync@NAME")
     parser.add_argument("--modeldrop-arg", action="append", default=[], help="extra `serve` flag (repeatable)")
     parser.add_argument("--out", type=Path, help="markdown results (default bench/results/<date>.md)")
     parser.add_argument("--label", default="", help="a note printed in the results")
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.reps, args.concurrent_size = GIB, 1, 64 * MIB
-    servers = make_servers(args.servers.split(","), args.modeldrop_dir.resolve(), tuple(args.modeldrop_arg))
+    variants = {name: Path(path).resolve() for name, _, path in (v.partition("=") for v in args.variant)}
+    servers = make_servers(args.servers.split(","), args.modeldrop_dir.resolve(), tuple(args.modeldrop_arg), variants)
     workloads = args.workloads.split(",")
     started = time.monotonic()
+    load_before = _machine_load()
 
     free = shutil.disk_usage(REPO).free
     need = 2 * args.size + args.concurrent * args.concurrent_size + 4 * GIB
@@ -216,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         results.setdefault(workload, {}).setdefault(name, []).append(value)
         shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in value.items()}
         print(f"  [{time.monotonic() - started:6.0f}s] {workload:10} {name:18} {shown}", flush=True)
+        write_results(args, results, started, load_before)
 
     for rep in range(args.reps):
         order = servers[rep % len(servers):] + servers[: rep % len(servers)]
@@ -236,19 +243,35 @@ def main(argv: list[str] | None = None) -> int:
                 if server.kind == "modeldrop" and server.fsync:
                     record("ref4g", server.name, measure_upload(server, ref, 0, "bench.gguf"))
 
+    text, out = write_results(args, results, started, load_before)
+    print(text)
+    print(f"written {out}")
+    return 0
+
+
+def write_results(args: argparse.Namespace, results: dict[str, Any], started: float, load_before: str) -> tuple[str, Path]:
+    """Called after every measurement too, so a run cut short still leaves what it measured."""
     elapsed = time.monotonic() - started
     meta = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "size": args.size, "reps": args.reps,
             "chunk": args.chunk, "concurrent": args.concurrent, "concurrent_size": args.concurrent_size,
             "elapsed_s": elapsed, "commit": _commit(args.modeldrop_dir), "label": args.label,
-            "modeldrop_dir": str(args.modeldrop_dir), "modeldrop_args": args.modeldrop_arg}
+            "modeldrop_dir": str(args.modeldrop_dir), "modeldrop_args": args.modeldrop_arg,
+            "load": f"{load_before} at the start, {_machine_load()} at the end"}
     text = report.render(meta, results)
-    print(text)
     out = args.out or BENCH / "results" / f"{datetime.date.today().isoformat()}.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    print(f"written {out}")
-    return 0
+    return text, out
+
+
+def _machine_load() -> str:
+    """Other work on this shared machine skews absolute figures; the ratios within one run suffer less."""
+    with open("/proc/loadavg") as file:
+        load = file.read().split()[0]
+    with open("/proc/pressure/cpu") as file:
+        pressure = file.readline().split()[2].split("=")[1]
+    return f"load {load}, CPU pressure (some, avg60) {pressure} %"
 
 
 def _commit(directory: Path) -> str:

@@ -145,11 +145,23 @@ class Server:
         os.sync()  # nobody starts with another's dirty pages still being written back
 
 
-def make_servers(names: list[str], code_dir: Path, extra_args: tuple[str, ...] = ()) -> list[Server]:
+def make_servers(names: list[str], code_dir: Path, extra_args: tuple[str, ...] = (),
+                 variants: dict[str, Path] | None = None) -> list[Server]:
+    """`modeldrop@NAME` and `modeldrop-nofsync@NAME` run the copy of the code in variants[NAME]."""
+    servers = []
+    for name in names:
+        base, _, variant = name.partition("@")
+        server = _known(base, (variants or {})[variant] if variant else code_dir, extra_args)
+        server.name = name
+        servers.append(server)
+    return servers
+
+
+def _known(name: str, code_dir: Path, extra_args: tuple[str, ...]) -> Server:
     known = {
         "modeldrop": lambda: Server("modeldrop", "modeldrop", True, code_dir, extra_args),
         "modeldrop-nofsync": lambda: Server("modeldrop-nofsync", "modeldrop", False, code_dir, extra_args),
         "tuspyserver": lambda: Server("tuspyserver", "tuspy"),
         "tus-node": lambda: Server("tus-node", "node"),
     }
-    return [known[name]() for name in names]
+    return known[name]()
