@@ -226,7 +226,7 @@ def run(command: str, args: argparse.Namespace) -> int:
         print(f"failed: no final status: {error}", file=stdout, flush=True)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("\nmodeldrop upload: interrupted; run the same command again to resume", file=stderr)
+        print("modeldrop upload: interrupted; run the same command again to resume", file=stderr)
         return EXIT_INTERRUPTED
     finally:
         uploader.close()
@@ -469,12 +469,11 @@ class Uploader:
     @staticmethod
     def _raise_for(response: Response) -> None:
         code, message = response.error()
+        if not tus.is_retryable_status(response.status, code):
+            raise Refused(message)  # the server's words are the whole story for a refusal
         if code is not None:  # modeldrop's own error: its message does not name the status yet
             message = f"HTTP {response.status}: {message}"
-        if tus.is_retryable_status(response.status, code):
-            raise Retryable(message,
-                            tus.retry_after_seconds(response.header("Retry-After")))
-        raise Refused(message)
+        raise Retryable(message, tus.retry_after_seconds(response.header("Retry-After")))
 
     @staticmethod
     def _status_url(response: Response, upload_url: str, known: str | None) -> str:

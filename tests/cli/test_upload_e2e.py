@@ -157,6 +157,17 @@ def test_running_the_same_upload_again_only_reports_the_status(server: ServerPro
     assert remembered_upload_url(client_env) == url
 
 
+def test_no_wait_reports_the_state_the_server_is_in(server: ServerProcess, tmp_path: Path,
+                                                    client_env: dict[str, str]) -> None:
+    model = write_model(tmp_path / "Hasty.gguf")
+
+    result = run_cli(client_env, "upload", str(model), "--server", server.url, "--no-wait")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = result.stdout.split()[0]
+    assert state in ("queued", "verifying", "installed"), result.stdout
+
+
 def test_a_split_set_uploads_every_shard(server: ServerProcess, tmp_path: Path,
                                          client_env: dict[str, str]) -> None:
     shards = write_split_set(tmp_path, "Split-Test", 3)
@@ -202,6 +213,24 @@ def test_models_and_verify_describe_an_installed_model(server: ServerProcess, tm
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verified.stdout.startswith("ok Listed-Q4_K_M.gguf") and sha256_of(model) in verified.stdout
     assert unknown.returncode == 1
+
+
+def test_memory_stays_flat_with_the_whole_file_in_one_patch(server: ServerProcess, tmp_path: Path,
+                                                            client_env: dict[str, str]) -> None:
+    model = write_sparse_model(tmp_path / "Flat-Q4_K_M.gguf", size_gib=0.5)
+    # The client's own peak RSS, reported by the process itself as it exits.
+    measured = ("import resource, runpy, sys\n"
+                "sys.argv = ['modeldrop', *sys.argv[1:]]\n"
+                "try:\n"
+                "    runpy.run_module('cli.main', run_name='__main__')\n"
+                "finally:\n"
+                "    print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", measured, "upload", str(model), "--server", server.url, "-q"],
+                            cwd=REPO, env=client_env, capture_output=True, text=True, timeout=CLIENT_TIMEOUT)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    peak_mib = int(result.stderr.split("maxrss_kib")[1].split()[0]) / 1024
+    assert peak_mib < 100, f"the client peaked at {peak_mib:.0f} MiB sending a 512 MiB file"
 
 
 # ---------------------------------------------------------------- refusals
