@@ -25,18 +25,35 @@ GGUF_MAGIC = b"GGUF"
 
 
 class Interruption:
-    """Lets another party stop a running body read: a release request, a stall, or shutdown."""
+    """Lets another party stop a running body read: a release request, a stall, or shutdown.
+
+    It cancels the request's task once. receive_body absorbs that cancellation wherever it lands, and
+    once the body is stored it disarms the interruption: the request then answers and lets go itself.
+    """
 
     def __init__(self) -> None:
         self.task = asyncio.current_task()
         self.reason: str | None = None
         self.error: type[errors.HTTPError] = errors.InternalError
+        self._pending = False
 
     def interrupt(self, reason: str, error: type[errors.HTTPError] = errors.InternalError) -> None:
         if self.reason is None and self.task is not None:
             self.reason = reason
             self.error = error
+            self._pending = True
             self.task.cancel()
+
+    def absorb(self) -> bool:
+        """On CancelledError: True, and the cancellation withdrawn, if it was this interruption's."""
+        if not self._pending or self.task is None:
+            return False
+        self._pending = False
+        self.task.uncancel()
+        return True
+
+    def disarm(self) -> None:
+        self.task = None
 
 
 @dataclasses.dataclass
@@ -86,10 +103,21 @@ async def receive_body(
                 request_hash.update(chunk)
         return offset
 
+    async def settle(work: asyncio.Future[object]) -> object:
+        """Waits for work running in a thread even if interrupted meanwhile: the thread goes on writing,
+        so the file must not be closed, the lock released or an offset reported before it ends."""
+        while True:
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                if not interruption.absorb():
+                    raise  # not ours (the server is being killed): nothing to wait for
+                # ours, after the whole body arrived: finish storing it, the request then lets go
+
     async def submit(chunks: list[bytes]) -> None:
         nonlocal in_flight
         if in_flight is not None:
-            await in_flight
+            await asyncio.shield(in_flight)  # cancelled here, the write goes on: see settle()
         in_flight = run(write_batch, chunks)
 
     async def watch_idle() -> None:
@@ -129,9 +157,8 @@ async def receive_body(
     except ClientDisconnect:
         disconnected = True
     except asyncio.CancelledError:
-        if interruption.reason is None:
+        if not interruption.absorb():
             raise  # a cancellation that is not ours (the server is being killed): nothing to save
-        interruption.task.uncancel()  # type: ignore[union-attr]
         stopped = interruption.error(f"this request was stopped: {interruption.reason}; the bytes received "
                                      "so far are saved, resume from Upload-Offset")
     except errors.HTTPError as exc:
@@ -146,26 +173,27 @@ async def receive_body(
         if write_failed is not None:
             raise write_failed
         if in_flight is not None:
-            await in_flight
+            await settle(in_flight)
             in_flight = None
         if batch:
-            await run(write_batch, batch)
+            await settle(run(write_batch, batch))
         if request_hash is not None and limits.checksum is not None:
             complete = stopped is None and not disconnected
             if not complete or request_hash.digest() != limits.checksum[1]:
-                await run(writer.rollback, limits.start, hash_at_start)
+                await settle(run(writer.rollback, limits.start, hash_at_start))
                 if complete:
                     stopped = errors.ChecksumMismatch()
-        offset = await run(writer.sync)
+        offset = await settle(run(writer.sync))
     except OSError as exc:
         with contextlib.suppress(Exception):
             if in_flight is not None:
-                await in_flight
+                await settle(in_flight)
         if limits.checksum is not None:  # the digest covers the whole request, which never arrived
-            offset = await run(_roll_back_request, writer, limits.start, hash_at_start)
+            offset = await settle(run(_roll_back_request, writer, limits.start, hash_at_start))
         else:
-            offset = await run(_recover_offset, writer)
+            offset = await settle(run(_recover_offset, writer))
         stopped = _storage_error(exc)
+    interruption.disarm()  # the body is stored: what comes after (answer, unlock) must not be cut short
     return BodyResult(offset=int(offset), received=int(offset) - limits.start, error=stopped,  # type: ignore[call-overload]
                       disconnected=disconnected)
 
