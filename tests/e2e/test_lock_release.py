@@ -6,6 +6,7 @@ dead connection times out, and tus-js-client's retries run out and it starts ove
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,3 +85,27 @@ def test_tus_js_client_reconnecting_after_a_half_open_link_takes_its_upload_back
     assert all(event["status"] != 423 for event in responses)
     assert took < 10, f"the upload took {took:.1f}s to recover from a half-open link (idle timeout 60s)"
     assert_installed(server, url, model)
+
+
+def test_release_request_while_a_fast_patch_is_writing_answers_it_with_the_saved_offset(
+        start_server: Callable[..., ServerProcess], model: Path) -> None:
+    """The HEAD often lands while the PATCH waits for a batch being written and synced in a thread."""
+    server = start_server(sync_interval="1MiB")
+    source = model.read_bytes() * 2  # 48 MiB: long enough to be caught mid-write
+    for round_ in range(12):  # whether the HEAD lands during a write is luck: try often
+        url = create(server.url, len(source), f"round-{round_}.gguf")
+        raw = RawPatch(url, 0, len(source))
+        sender = threading.Thread(target=raw.send_slowly, args=(source, 100_000 * MIB), daemon=True)
+        sender.start()
+        wait_for(lambda: stored_size(server, url) >= 8 * MIB, 20, "8 MiB stored")
+        offset = head_offset(url)
+        answer = raw.response(timeout=5)
+        raw.close()
+        sender.join(5)
+
+        assert answer is not None, "the interrupted PATCH got no answer"
+        status, headers = answer
+        assert status >= 500 and headers.get("upload-offset") == str(offset), (status, headers)
+        assert stored_bytes(server, url) == source[:offset]
+        assert patch(url, offset, source[offset:offset + MIB])[0] == 204
+    assert "Traceback" not in server.log()

@@ -122,19 +122,25 @@ class RawPatch:
                 return
             time.sleep(max(0.0, started + self.sent / rate - time.monotonic()))
 
-    def response_status(self, timeout: float) -> int | None:
-        """The status line the server answered with, or None if it closed the connection without one."""
+    def response(self, timeout: float) -> tuple[int, dict[str, str]] | None:
+        """The status and (lower-cased) headers the server answered with; None if it closed without."""
         self.sock.settimeout(timeout)
         received = b""
         try:
-            while b"\r\n" not in received:
+            while b"\r\n\r\n" not in received:
                 chunk = self.sock.recv(4096)
                 if not chunk:
                     return None
                 received += chunk
         except ConnectionResetError:
             return None
-        return int(received.split(b" ", 2)[1])
+        status_line, *lines = received.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        headers = dict(line.split(":", 1) for line in lines)
+        return int(status_line.split(" ", 2)[1]), {k.strip().lower(): v.strip() for k, v in headers.items()}
+
+    def response_status(self, timeout: float) -> int | None:
+        answer = self.response(timeout)
+        return answer[0] if answer else None
 
     def close(self, reset: bool = False) -> None:
         """Closes; with reset=True the kernel sends RST instead of FIN, like a dropped link."""
