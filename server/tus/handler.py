@@ -24,7 +24,7 @@ from server.finalizer import Finalizer
 from server.locks.locker import AsyncLocker
 from server.metrics import Metrics
 from server.settings import Settings
-from server.store.filestore import FileStore
+from server.store.filestore import FileStore, write_atomic
 from server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, TERMINAL_STATES, UploadInfo
 from server.tus import headers as tus
 from server.tus.assemble import assemble_final
@@ -121,11 +121,12 @@ class TusHandler:
         if length == 0 and not is_partial:
             raise errors.NotGGUF("an empty file is not a GGUF model")
         body_type = h.get("content-type")
-        has_body = int(h.get("content-length") or 0) > 0 or "chunked" in h.get("transfer-encoding", "")
+        content_length = tus.parse_content_length(h)
+        has_body = bool(content_length) or "chunked" in h.get("transfer-encoding", "")
         if has_body:
             tus.check_patch_content_type(body_type)
             body_limit = length if length is not None else self.settings.max_size
-            if int(h.get("content-length") or 0) > body_limit:
+            if (content_length or 0) > body_limit:
                 raise errors.TooLarge(f"the request body is {h['content-length']} bytes, more than the upload's "
                                       f"{body_limit}")
 
@@ -220,7 +221,7 @@ class TusHandler:
         if "upload-length" in h:
             declared_length = tus.parse_non_negative("Upload-Length", h["upload-length"])
         checksum = tus.parse_upload_checksum(h.get("upload-checksum"))
-        content_length = int(h["content-length"]) if h.get("content-length", "").isdigit() else None
+        content_length = tus.parse_content_length(h)
         upload_id = request.path_params["upload_id"]
 
         info = await self._load(upload_id)
@@ -295,7 +296,8 @@ class TusHandler:
         return info
 
     def _mark_pending(self, upload_id: str, offset: int) -> None:
-        self.store.paths(upload_id).pending.write_text(str(offset))
+        # durable before the first unverified byte: after a power cut, reconcile must find it to cut them off
+        write_atomic(self.store.paths(upload_id).pending, str(offset).encode(), self.store.durable)
 
     def _clear_pending(self, upload_id: str) -> None:
         self.store.paths(upload_id).pending.unlink(missing_ok=True)

@@ -38,6 +38,12 @@ def parse_non_negative(name: str, value: str) -> int:
     return int(value)
 
 
+def parse_content_length(headers: Mapping[str, str]) -> int | None:
+    """The body size a request announces; None when it is sent chunked (or not announced)."""
+    value = headers.get("content-length")
+    return None if value is None else parse_non_negative("Content-Length", value.strip())
+
+
 def parse_creation_length(headers: Mapping[str, str]) -> int | None:
     """The Upload-Length of a creation request, or None when the client defers it (Upload-Defer-Length: 1)."""
     length = headers.get("upload-length")
