@@ -167,8 +167,11 @@ async def receive_body(
         write_failed = exc
     finally:
         watchdog.cancel()
-    if magic_pending and GGUF_MAGIC[limits.start:].startswith(magic_pending):
-        batch.insert(0, magic_pending)  # an honest prefix of the magic that arrived before a disconnect
+    if magic_pending:  # the body ended before the magic was complete
+        if GGUF_MAGIC[limits.start:].startswith(magic_pending):
+            batch.insert(0, magic_pending)  # an honest prefix of the magic: keep it
+        elif stopped is None:
+            stopped = errors.NotGGUF()
     try:
         if write_failed is not None:
             raise write_failed
