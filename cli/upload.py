@@ -108,10 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         "unchanged (same path, size and modification time).")
     parser.epilog = (
         "output:\n"
-        "  progress goes to stderr; stdout gets one line per file with the server's final status:\n"
+        "  progress and notices go to stderr; stdout gets one line per file, starting with its state:\n"
         "    installed Llama-3-8B-Q4_K_M.gguf (llama, Q4_K_M, sha256 ab12cd34ef56…)\n"
         "    failed model.gguf: truncated: …\n"
         "    waiting Big-00001-of-00002.gguf: verified; its split set still needs shard(s) 00002 of 00002\n"
+        "  with --no-wait the state may also be receiving, queued or verifying; \"unknown\" means all\n"
+        "  bytes were sent but the server stopped answering before it reported a status.\n"
         "retries:\n"
         "  network errors, 5xx (except 501/505/507), 409 offset conflicts and 423 locks are retried with\n"
         "  exponential backoff and jitter, each time from the offset the server reports; the count\n"
@@ -143,7 +145,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="after sending, wait until the server has verified and installed (or failed) "
                              "each file; --no-wait asks once and exits (default: wait)")
     parser.add_argument("-q", "--quiet", action="store_true",
-                        help="no progress bar or retry notices on stderr; final status lines still print")
+                        help="no progress bar or notices (retries, resumes, server states) on stderr; the status lines on stdout still print")
 
 
 def _size_argument(text: str) -> int:
@@ -203,6 +205,8 @@ def run(command: str, args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size, wait=args.wait, quiet=args.quiet, stderr=stderr)
     all_installed = True
     sent: list[Sent] = []
+    reported: set[str] = set()
+    unreachable: Unreachable | None = None
     try:
         # Send everything first, then wait: a split set's first shard is installed only once its
         # last shard has arrived, so waiting file by file would wait forever.
@@ -216,20 +220,26 @@ def run(command: str, args: argparse.Namespace) -> int:
                 print(f"failed {job.name}: {error}", file=stdout, flush=True)
                 for skipped in jobs[index + 1:]:
                     print(f"failed {skipped.name}: not sent, the server is unreachable", file=stdout, flush=True)
-                all_installed = False
+                unreachable = error
                 break
-        else:
+        if unreachable is None:
             for item, document in uploader.follow(sent):
                 print(tus.describe_status(document, item.job.name), file=stdout, flush=True)
+                reported.add(item.key)
                 all_installed &= tus.is_success(document, args.wait)
     except Unreachable as error:
-        print(f"failed: no final status: {error}", file=stdout, flush=True)
-        return EXIT_FAILED
+        unreachable = error
     except KeyboardInterrupt:
         print("modeldrop upload: interrupted; run the same command again to resume", file=stderr)
         return EXIT_INTERRUPTED
     finally:
         uploader.close()
+    if unreachable is not None:
+        for item in sent:
+            if item.key not in reported:
+                print(f"unknown {item.job.name}: all bytes sent, but no final status ({unreachable}); run the "
+                      "same command again to ask", file=stdout, flush=True)
+        return EXIT_FAILED
     return EXIT_OK if all_installed else EXIT_FAILED
 
 
