@@ -145,7 +145,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="after sending, wait until the server has verified and installed (or failed) "
                              "each file; --no-wait asks once and exits (default: wait)")
     parser.add_argument("-q", "--quiet", action="store_true",
-                        help="no progress bar or notices (retries, resumes, server states) on stderr; the status lines on stdout still print")
+                        help="no progress bar or notices (retries, resumes, server states) on stderr; "
+                             "the status lines on stdout still print")
 
 
 def _size_argument(text: str) -> int:
