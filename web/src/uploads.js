@@ -118,7 +118,7 @@ export function initUploads({ config, auth, onInstalled }) {
   const section = $('#uploads-section')
   const startButton = $('#start-upload')
   const clearButton = $('#clear-finished')
-  const reselectInput = $('#reselect-input')
+  const fileInput = $('#file-input')
 
   const uppy = new Uppy({
     id: 'modeldrop',
@@ -243,12 +243,12 @@ export function initUploads({ config, auth, onInstalled }) {
   window.addEventListener('offline', () => scheduleRender())
   setInterval(() => scheduleRender(), 1000) // speed, stall and "time left" age even without events
 
-  reselectInput.addEventListener('change', () => {
-    const files = [...reselectInput.files]
-    reselectInput.value = ''
+  fileInput.addEventListener('change', () => {
+    const files = [...fileInput.files]
+    fileInput.value = ''
     files.forEach((data) => {
       try {
-        uppy.addFile({ source: 'reselect', name: data.name, type: data.type, data })
+        uppy.addFile({ source: 'file-input', name: data.name, type: data.type, data })
       } catch {
         // restriction errors are reported through 'restriction-failed'
       }
@@ -282,7 +282,7 @@ export function initUploads({ config, auth, onInstalled }) {
         uppy.retryUpload(fileID).catch(() => {})
         break
       case 'reselect':
-        reselectInput.click()
+        fileInput.click()
         break
       case 'cancel': {
         const sent = file?.progress.bytesUploaded || 0
