@@ -35,8 +35,10 @@ class HeldLock:
         while True:
             await asyncio.sleep(STOP_POLL)
             since_renew += STOP_POLL
-            if space.release_requested(self.name):
-                space.clear_release_request(self.name)
+            # in a thread, as every other lock-file access: a stat on a hung shared volume must not
+            # freeze the event loop, and with it every upload of this process
+            if await asyncio.to_thread(space.release_requested, self.name):
+                await asyncio.to_thread(space.clear_release_request, self.name)
                 self.ask_to_release("another request wants this upload")
             if since_renew >= RENEW_EVERY:
                 since_renew = 0.0
