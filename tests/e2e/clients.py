@@ -10,8 +10,6 @@ import json
 import shutil
 import subprocess
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,19 +74,6 @@ class NodeUpload:
     def of(self, kind: str) -> list[Event]:
         with self._changed:
             return [event for event in self.events if event["event"] == kind]
-
-    def wait_for(self, predicate: Callable[[Event], bool], timeout: float, what: str) -> Event:
-        """The first event (already seen or still to come) that satisfies predicate."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for event in self.events:
-                    if predicate(event):
-                        return event
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"tus-js-client never reported {what}; it said:\n{self.transcript()}")
-                self._changed.wait(min(remaining, 0.2))
 
     def wait(self, timeout: float = 60) -> int:
         try:

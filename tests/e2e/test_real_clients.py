@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.clients import tuspy_uploader, upload_with_node
+from tests.e2e.clients import NodeUpload, tuspy_uploader, upload_with_node
 from tests.e2e.conftest import MIB
 from tests.e2e.wire import head_offset, sha256_of, stored_bytes, wait_installed
 from tests.support.processes import ServerProcess
@@ -53,3 +53,22 @@ def test_tuspy_resumes_with_the_stored_url(start_server: Callable[..., ServerPro
     assert stored_bytes(server, first.url) == model.read_bytes()[:9 * MIB]
     resumed.upload()
     assert_installed(server, first.url, model)
+
+
+def test_tus_js_client_resumes_in_a_new_process_from_its_url_storage(
+        start_server: Callable[..., ServerProcess], model: Path, tmp_path: Path) -> None:
+    """A CLI or a reloaded page: the first process aborts mid-chunk and exits, the next one resumes."""
+    server = start_server(fsync=False)
+    storage = tmp_path / "tus-urls.json"
+    first = NodeUpload(model, f"{server.url}/files/", chunk_size=4 * MIB, url_storage=storage, stop_after=9 * MIB)
+    assert first.wait(30) == 3, first.transcript()
+    url = first.of("stopped")[0]["url"]
+    offset = head_offset(url)
+    assert 8 * MIB <= offset <= 12 * MIB  # two chunks, and what arrived of the aborted third
+    assert stored_bytes(server, url) == model.read_bytes()[:offset]
+
+    second = upload_with_node(model, f"{server.url}/files/", chunk_size=4 * MIB, url_storage=storage)
+    assert [event["url"] for event in second.of("resuming")] == [url]
+    assert [e["offset"] for e in second.of("response") if e["method"] == "HEAD"] == [str(offset)]
+    assert not [e for e in second.of("response") if e["method"] == "POST"], "the second process started over"
+    assert_installed(server, url, model)
