@@ -72,3 +72,8 @@ def test_tus_js_client_resumes_in_a_new_process_from_its_url_storage(
     assert [e["offset"] for e in second.of("response") if e["method"] == "HEAD"] == [str(offset)]
     assert not [e for e in second.of("response") if e["method"] == "POST"], "the second process started over"
     assert_installed(server, url, model)
+
+    # survey §2: a HEAD that answered 4xx for an installed upload would make the client send it all again
+    third = upload_with_node(model, f"{server.url}/files/", chunk_size=4 * MIB, url_storage=storage)
+    requests = [(e["method"], e["status"], e["offset"]) for e in third.of("response")]
+    assert requests == [("HEAD", 200, str(model.stat().st_size))]
