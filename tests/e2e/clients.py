@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from tusclient.client import TusClient
 from tusclient.storage.filestorage import FileStorage
-from tusclient.uploader import Uploader
+from tusclient.uploader.uploader import Uploader
 
 from tests.support.processes import REPO
 
@@ -115,7 +115,7 @@ def upload_with_node(file: Path, endpoint: str, timeout: float = 60, **options: 
 def tuspy_uploader(endpoint: str, file: Path, *, chunk_size: int, url_storage: Path | None = None,
                    url: str | None = None, retries: int = 0, retry_delay: float = 0.5) -> Uploader:
     """tuspy always with a chunk size: without one it reads the whole file into memory."""
-    storage = FileStorage(str(url_storage)) if url_storage is not None else None
+    storage = FileStorage(str(url_storage)) if url_storage is not None else None  # type: ignore[no-untyped-call]
     return TusClient(endpoint).uploader(file_path=str(file), chunk_size=chunk_size, url=url,
                                         metadata={"filename": file.name}, store_url=storage is not None,
                                         url_storage=storage, retries=retries, retry_delay=retry_delay)

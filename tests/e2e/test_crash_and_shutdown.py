@@ -66,13 +66,14 @@ def test_tuspy_resumes_with_its_stored_url_after_a_server_crash(
     thread.join(10)
     assert failures, "tuspy (without retries) should have failed when the server died"
 
-    offset = head_offset(first.url)
+    url = str(first.url)
+    offset = head_offset(url)
     assert offset > 4 * MIB, "the bytes of the PATCH in flight were lost although 1 MiB sync interval passed"
-    assert stored_bytes(server, first.url) == model.read_bytes()[:offset]
+    assert stored_bytes(server, url) == model.read_bytes()[:offset]
     resumed = tuspy_uploader(f"{relay.url}/files/", model, chunk_size=4 * MIB, url_storage=storage)
-    assert (resumed.url, resumed.offset) == (first.url, offset)
+    assert (str(resumed.url), resumed.offset) == (url, offset)
     resumed.upload()
-    assert_installed(server, first.url, model)
+    assert_installed(server, url, model)
 
 
 def test_sigterm_answers_the_running_patch_and_keeps_its_bytes(

@@ -80,8 +80,8 @@ def test_disk_full_refuses_creation_then_507_mid_patch_and_resumes_after_space_i
 
     url = create(server.url, len(source), model.name)
     filler = fill(data_dir, leave=12 * MIB)  # the disk fills up during the PATCH, after creation
-    status = patch_until_answered(url, 0, source)
-    assert status == 507, f"a PATCH that filled the disk was answered {status}"
+    answer = patch_until_answered(url, 0, source)
+    assert answer == 507, f"a PATCH that filled the disk was answered {answer}"
 
     offset = head_offset(url)
     assert 0 < offset < len(source)

@@ -97,7 +97,7 @@ def test_release_request_while_a_fast_patch_is_writing_answers_it_with_the_saved
         raw = RawPatch(url, 0, len(source))
         sender = threading.Thread(target=raw.send_slowly, args=(source, 100_000 * MIB), daemon=True)
         sender.start()
-        wait_for(lambda: stored_size(server, url) >= 8 * MIB, 20, "8 MiB stored")
+        wait_for(lambda url=url: stored_size(server, url) >= 8 * MIB, 20, "8 MiB stored")
         offset = head_offset(url)
         answer = raw.response(timeout=5)
         raw.close()

@@ -46,13 +46,14 @@ def test_tuspy_resumes_with_the_stored_url(start_server: Callable[..., ServerPro
     storage = tmp_path / "tuspy-urls.json"
     first = tuspy_uploader(f"{server.url}/files/", model, chunk_size=3 * MIB, url_storage=storage)
     first.upload(stop_at=9 * MIB)  # three chunks, then the "program" stops
+    url = str(first.url)
 
     resumed = tuspy_uploader(f"{server.url}/files/", model, chunk_size=3 * MIB, url_storage=storage)
-    assert resumed.url == first.url, "tuspy did not find its stored upload URL"
-    assert resumed.offset == head_offset(first.url) == 9 * MIB
-    assert stored_bytes(server, first.url) == model.read_bytes()[:9 * MIB]
+    assert resumed.url == url, "tuspy did not find its stored upload URL"
+    assert resumed.offset == head_offset(url) == 9 * MIB
+    assert stored_bytes(server, url) == model.read_bytes()[:9 * MIB]
     resumed.upload()
-    assert_installed(server, first.url, model)
+    assert_installed(server, url, model)
 
 
 def test_tus_js_client_resumes_in_a_new_process_from_its_url_storage(

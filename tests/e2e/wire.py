@@ -31,7 +31,7 @@ def call(url: str, method: str, headers: dict[str, str] | None = None, body: byt
          timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
     """One request on a fresh connection: (status, lower-cased headers, body)."""
     parts = urllib.parse.urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:
         connection.request(method, parts.path, body=body, headers=headers or {})
         response = connection.getresponse()
