@@ -69,6 +69,8 @@ def expect_installed_once(client: TusClient, upload_id: str, source: Path, watch
     digest = file_sha256(source)
     assert status["sha256"] == digest
     assert os.listdir(watcher.models_dir) == [source.name]
+    # the job logs "installed" just after writing the status: wait for the line, then there must be one
+    wait_for(lambda: installs_logged(upload_id, *processes) >= 1, 10, "the install to be logged")
     assert installs_logged(upload_id, *processes) == 1
     watcher.check({source.name: (source.stat().st_size, digest)})
 

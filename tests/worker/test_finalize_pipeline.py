@@ -109,15 +109,13 @@ def test_finalize_damaged_gguf_fails_with_reason(server: ServerProcess, tmp_path
     assert os.listdir(server.models_dir) == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug in server/tus/handler.py _write_body: self._io(store.write_status, id, "
-                   "state=..., reason=...) passes keywords _io does not accept -> 500 instead of 415 (see report)")
 def test_finalize_wrong_magic_rejected_at_first_patch(server: ServerProcess, tmp_path: Path) -> None:
     source = wrong_magic(write_model(tmp_path / "ggjt.gguf"))
     client = TusClient(server.url)
     upload_id = client.create(source.name, source.stat().st_size)
     reply = client.patch(upload_id, 0, source.read_bytes())
-    assert reply.status == 415, (reply.status, reply.body)
-    assert "GGUF" in reply.json()["message"]
+    assert (reply.status, reply.json()["error"]) == (400, "not_gguf"), (reply.status, reply.body)
+    assert "GGUF magic" in reply.json()["message"]
     assert reply.headers["upload-offset"] == "0"
     status = client.status(upload_id)
     assert status["state"] == "failed"
