@@ -29,8 +29,9 @@ def _fastest_peer(by_server: dict[str, list[dict[str, Any]]]) -> str | None:
 
 def render(meta: dict[str, Any], results: Results) -> str:
     gib = meta["size"] / 1024**3
+    done = max((len(runs) for by_server in results.values() for runs in by_server.values()), default=0)
     lines = [f"# modeldrop bench, {meta['date']}", "",
-             f"`bash bench/run.sh` — upload {gib:g} GiB, {meta['reps']} repetitions, servers interleaved "
+             f"`bash bench/run.sh` — upload {gib:g} GiB, {done} of {meta['reps']} repetitions completed, servers interleaved "
              f"(order rotated per repetition), a fresh server and empty folder per upload; neutral raw-socket client "
              f"sending with `sendfile` from a page-cached random file with a real GGUF header. MB = 10^6 bytes. "
              f"Figures: median [min–max]; ratios pair by pair within this run. modeldrop commit {meta['commit']}"
@@ -134,3 +135,12 @@ def _targets(meta: dict[str, Any], results: Results) -> list[str]:
     rows.append(("every stored file byte-identical to the source", str(identical), identical))
     return ["## Targets", "", "| target | this run | result |", "|---|---|---|",
             *(f"| {t} | {v} | {'PASS' if ok else 'FAIL'} |" for t, v, ok in rows), ""]
+
+
+if __name__ == "__main__":  # re-render a run's markdown from its JSON: python -m bench.report results/<date>.json
+    import json
+    import sys
+    from pathlib import Path
+
+    saved = json.loads(Path(sys.argv[1]).read_text())
+    Path(sys.argv[1]).with_suffix(".md").write_text(render(saved["meta"], saved["results"]))
