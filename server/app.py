@@ -37,7 +37,6 @@ from server.tus.handler import BASE_PATH, STATUS_HEADER, TusHandler
 log = logging.getLogger("modeldrop.app")
 
 VERSION = "0.1.0"
-MAINTENANCE_EVERY = 30.0
 EXPOSED_HEADERS = ["Location", "Upload-Offset", "Upload-Length", "Upload-Metadata", "Upload-Expires",
                    "Upload-Concat", "Upload-Defer-Length", "Tus-Version", "Tus-Resumable", "Tus-Extension",
                    "Tus-Max-Size", "Tus-Checksum-Algorithm", STATUS_HEADER, "Retry-After"]
@@ -283,13 +282,14 @@ async def maintain(parts: Components) -> None:
     """Every so often: expire abandoned uploads, requeue finished ones nobody is finalizing."""
     loop = asyncio.get_running_loop()
     while True:
-        await asyncio.sleep(MAINTENANCE_EVERY)
+        await asyncio.sleep(parts.settings.maintenance_interval)
         try:
             swept = await loop.run_in_executor(None, parts.store.sweep, parts.settings.expire_after)
             if swept:
                 log.info("expired %d uploads: %s", len(swept), " ".join(swept))
             if parts.finalizer is not None:
-                requeued = await loop.run_in_executor(None, requeue_stuck, parts.store, parts.finalizer, parts.locks)
+                requeued = await loop.run_in_executor(None, lambda: requeue_stuck(
+                    parts.store, parts.finalizer, parts.locks, stale_after=parts.settings.stale_after))
                 if requeued:
                     log.info("requeued for finalize: %s", " ".join(requeued))
         except Exception:

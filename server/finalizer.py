@@ -9,7 +9,6 @@ from __future__ import annotations
 import concurrent.futures
 import importlib
 import logging
-import os
 import time
 from typing import Protocol
 
@@ -20,8 +19,6 @@ from server.store.info import TERMINAL_STATES
 
 JOB = "worker.finalize.finalize_upload"
 QUEUE_NAME = "modeldrop-finalize"
-# a non-terminal status untouched this long, with its finalize lock free, is requeued (env: for tests)
-STALE_AFTER = float(os.environ.get("MODELDROP_STALE_AFTER") or 60.0)
 
 log = logging.getLogger("modeldrop.finalizer")
 
@@ -131,7 +128,8 @@ def make_finalizer(settings: Settings, store: FileStore) -> Finalizer:
     return EmbeddedFinalizer(settings) if settings.embedded else RQFinalizer(settings, store)
 
 
-def requeue_stuck(store: FileStore, finalizer: Finalizer, locks: LockSpace, ids: list[str] | None = None) -> list[str]:
+def requeue_stuck(store: FileStore, finalizer: Finalizer, locks: LockSpace, ids: list[str] | None = None,
+                  stale_after: float = 60.0) -> list[str]:
     """Submits complete uploads that are neither installed nor failed and that nobody is working on.
 
     Covers a job lost with Redis, a worker killed mid-job, and a server killed between the last byte
@@ -151,7 +149,7 @@ def requeue_stuck(store: FileStore, finalizer: Finalizer, locks: LockSpace, ids:
             continue
         if status.get("waiting_for_set"):
             continue  # a staged shard: the set's last shard publishes it
-        if ids is None and now - float(status.get("updated_at", 0)) < STALE_AFTER:
+        if ids is None and now - float(status.get("updated_at", 0)) < stale_after:
             continue
         pending = finalizer.is_pending(upload_id)
         if pending and status.get("state") != "verifying":

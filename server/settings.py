@@ -123,6 +123,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("shutdown_timeout", float, 10.0, "seconds running requests get to save their bytes on SIGTERM",
            commands=("serve",)),
     Option("log_level", str, "info", "debug, info, warning or error"),
+    Option("maintenance_interval", float, 30.0, "seconds between sweeps of expired uploads and requeue checks",
+           commands=("serve",)),
+    Option("stale_after", float, 60.0,
+           "seconds a finished upload's status may stay unchanged, with nobody finalizing it, before it is requeued",
+           commands=("serve",)),
     Option("web_dir", Path, None, "built web UI served at / (default: web/dist next to the server package)",
            commands=("serve",)),
 )
@@ -160,6 +165,8 @@ class Settings:
     workers: int = 1
     shutdown_timeout: float = 10.0
     log_level: str = "info"
+    maintenance_interval: float = 30.0
+    stale_after: float = 60.0
     web_dir: Path | None = None
 
     def __post_init__(self) -> None:

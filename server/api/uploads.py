@@ -26,6 +26,7 @@ def upload_status(store: FileStore, upload_id: str) -> dict[str, Any]:
         "offset": info.offset,
         "progress": round(progress, 4),
         "reason": status.get("reason"),
+        "detail": status.get("detail"),
         "final_name": status.get("final_name"),
         "model": status.get("model"),
         "sha256": status.get("sha256"),

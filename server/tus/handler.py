@@ -185,15 +185,12 @@ class TusHandler:
     async def head(self, request: Request) -> Response:
         self._check_common(request)
         upload_id = request.path_params["upload_id"]
-        info = await self._load(upload_id)
-        if not info.is_complete and not info.is_final:
-            # a stale PATCH may still hold this upload: ask it to save and let go, so the offset is durable
+        info = await self._io(self._durable_snapshot, upload_id)
+        if info is None:
+            # a stale PATCH holds this upload: ask it to save and let go, so the offset we report is durable
             async with await self._lock(upload_id):
                 info = await self._load(upload_id)
-        headers = {**self._upload_headers(info), "Cache-Control": "no-store"}
-        status = await self._io(self.store.read_status, upload_id) if info.is_final else None
-        if not info.is_final or status is not None:
-            headers["Upload-Offset"] = str(info.offset)
+        headers = {**self._upload_headers(info), "Cache-Control": "no-store", "Upload-Offset": str(info.offset)}
         if info.length is None:
             headers["Upload-Defer-Length"] = "1"
         else:
@@ -206,6 +203,23 @@ class TusHandler:
             base = self._base_url(request)
             headers["Upload-Concat"] = "final;" + " ".join(f"{base}{BASE_PATH}{part}" for part in info.parts)
         return Response(status_code=200, headers=headers)
+
+    def _durable_snapshot(self, upload_id: str) -> UploadInfo | None:
+        """In one worker-thread call: the upload's record, read while nobody writes it; None if someone does.
+
+        HEAD is what resuming clients wait on, so its common case must not bounce between the event loop
+        and worker threads (each hop costs milliseconds when many uploads keep both cores busy).
+        """
+        info = self.store.load(upload_id)
+        if info.is_complete or info.is_final:
+            return info  # nothing writes a complete upload, nor a final (assembled before its POST answers)
+        held = self.locker.space.try_acquire(f"upload-{upload_id}")
+        if held is None:
+            return None
+        try:
+            return self.store.load(upload_id)
+        finally:
+            held.release()
 
     # -- PATCH ----------------------------------------------------------------------------------
 

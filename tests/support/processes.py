@@ -55,6 +55,27 @@ def _options_to_args(options: Mapping[str, Any]) -> list[str]:
     return args
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below pid, from /proc (children first found, then theirs)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        children = parents.get(pending.pop(), [])
+        found.extend(children)
+        pending.extend(children)
+    return found
+
+
 class Process:
     """A subprocess with its output in a log file, stoppable and killable."""
 
@@ -82,10 +103,19 @@ class Process:
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL: the process gets no chance to clean up, as in a crash."""
+        """SIGKILL of the whole process tree: nothing gets a chance to clean up, as in a crash.
+
+        The tree, not just the process group: RQ's work horse moves itself into a group of its own.
+        """
         if self.alive():
             assert self.proc is not None
+            tree = descendants(self.proc.pid)
             os.killpg(self.proc.pid, signal.SIGKILL)
+            for pid in tree:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.proc.wait(10)
 
     def stop(self, timeout: float = 15) -> int | None:

@@ -1,8 +1,8 @@
 """Crashes around finalize: each ends with the upload installed exactly once (or failed with a reason),
 while a watcher polling models/ every 5 ms never sees an incomplete or unverified file.
 
-The server runs with MODELDROP_STALE_AFTER=1 so its requeue loop (every 30 s, server/app.py) treats an
-untouched non-terminal upload as stuck after one second instead of sixty.
+The server runs with MODELDROP_STALE_AFTER=1 and MODELDROP_MAINTENANCE_INTERVAL=2 so its requeue loop
+treats an untouched non-terminal upload as stuck after one second instead of sixty, checking every 2 s.
 """
 
 from __future__ import annotations
@@ -17,30 +17,16 @@ from pathlib import Path
 import pytest
 
 from tests.ggufgen import write_model, write_sparse_model
-from tests.support.processes import RedisProcess, ServerProcess, WorkerProcess, wait_for
+from tests.support.processes import RedisProcess, ServerProcess, WorkerProcess, descendants, wait_for
 from tests.worker.uploads import ModelsWatcher, TusClient, file_sha256
 
-FAST_REQUEUE = {"MODELDROP_STALE_AFTER": "1"}
-RECOVERY_TIMEOUT = 100  # Redis lock TTL (15 s) + one maintenance period (30 s) + hashing, with room
-
-
-def descendants(pid: int) -> list[int]:
-    """Child processes of pid, recursively, from /proc (RQ's work horse is one, in its own process group)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found = [child for child, parent in parents.items() if parent == pid]
-    return found + [grandchild for child in found for grandchild in descendants(child)]
+FAST_REQUEUE = {"MODELDROP_STALE_AFTER": "1", "MODELDROP_MAINTENANCE_INTERVAL": "2"}
+RECOVERY_TIMEOUT = 100  # Redis lock TTL (15 s) + maintenance periods + hashing, with room
 
 
 def crash(worker: WorkerProcess) -> None:
     """SIGKILL the worker and its work horse, as a crash of its host would. WorkerProcess.kill alone
-    signals the worker's process group, and RQ's horse calls setpgrp(), so it would finish the job."""
+    kills the tree too; this also checks that a horse was running, i.e. the kill lands mid-job."""
     horses = descendants(worker.pid)
     assert horses, "the worker has no work horse: the job is not running"
     worker.kill()
