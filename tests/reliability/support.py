@@ -5,7 +5,6 @@ Nothing here fakes the server: clients speak HTTP to real `modeldrop serve` proc
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -24,19 +23,14 @@ from tusclient.client import TusClient as TuspyClient
 from tests.e2e.clients import NodeUpload, require_node
 from tests.ggufgen import write_model
 from tests.support.processes import wait_for
+from tests.worker.uploads import ModelsWatcher, file_sha256
+
+sha256_file = file_sha256
 
 HERE = Path(__file__).resolve().parent
 SLOW_UPLOAD = HERE / "js" / "slow_upload.mjs"
 MIB = 1024 * 1024
 TUS = {"Tus-Resumable": "1.0.0"}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as source:
-        while block := source.read(8 * MIB):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def make_models(directory: Path, count: int, mib: float, prefix: str) -> list[Path]:
@@ -67,58 +61,13 @@ def wait_terminal(base_url: str, url_or_id: str, timeout: float) -> dict[str, An
     return dict(wait_for(done, timeout, f"upload {upload_id(url_or_id)} to be installed or failed", interval=0.2))
 
 
-class ModelsWatcher:
-    """Polls the models directory (every 5 ms, in a thread) and remembers each entry's size at first sight.
-
-    `check(expected)` then asserts what llama-server could have seen: every file appeared at its final size,
-    and its bytes are those of a source (sha256 in `expected`, by name).
-    """
-
-    def __init__(self, directory: Path, interval: float = 0.005) -> None:
-        self.directory = directory
-        self.interval = interval
-        self.first_size: dict[str, int] = {}
-        self.polls = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="models-watcher", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with os.scandir(self.directory) as entries:
-                    for entry in entries:
-                        if entry.name not in self.first_size:
-                            try:
-                                self.first_size[entry.name] = entry.stat().st_size
-                            except FileNotFoundError:
-                                pass
-            except FileNotFoundError:
-                pass
-            self.polls += 1
-            time.sleep(self.interval)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def problems(self, expected: dict[str, str]) -> list[str]:
-        """Entries seen incomplete, with foreign bytes, or that nobody uploaded."""
-        found = []
-        for name, first in sorted(self.first_size.items()):
-            path = self.directory / name
-            if name.startswith("."):
-                continue  # the catalog and probes are the server's own dot files
-            if not path.is_file():
-                found.append(f"{name}: seen, then gone")
-                continue
-            if path.stat().st_size != first:
-                found.append(f"{name}: first seen at {first} bytes, final size {path.stat().st_size}")
-            if name not in expected:
-                found.append(f"{name}: nobody uploaded a file of that name")
-            elif sha256_file(path) != expected[name]:
-                found.append(f"{name}: sha256 differs from its source")
-        return found
+def watcher_problems(watcher: ModelsWatcher, sources: list[Path]) -> list[str]:
+    """What llama-server could have seen wrong: a file not at its final size at first sight, foreign bytes."""
+    try:
+        watcher.check({path.name: (path.stat().st_size, file_sha256(path)) for path in sources})
+    except AssertionError as exc:
+        return [f"models watcher: {exc}"]
+    return []
 
 
 class SlowNodeUpload(NodeUpload):

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.conftest import Figures
-from tests.reliability.support import (MIB, ModelsWatcher, SlowNodeUpload, Trace, make_models, node_trace,
-                                       sha256_file, tuspy_slow_upload, upload_id, wait_terminal)
+from tests.reliability.support import (SlowNodeUpload, Trace, make_models, node_trace, sha256_file,
+                                       tuspy_slow_upload, upload_id, wait_terminal, watcher_problems)
+from tests.worker.uploads import ModelsWatcher
 from tests.support.processes import ServerProcess
 
 RETRY_DELAYS = [200, 500, 1000] + [1000] * 60
@@ -26,7 +27,7 @@ RETRY_DELAYS = [200, 500, 1000] + [1000] * 60
 def run_kills(start_server: Callable[..., ServerProcess], tmp_path: Path, record: Figures, *, node: int, tuspy: int,
               kills: int, mib: float) -> None:
     server = start_server(sync_interval="1MiB", idle_timeout=5, lock_timeout=3)
-    watcher = ModelsWatcher(server.models_dir)
+    watcher = ModelsWatcher(server.models_dir).__enter__()
     models = make_models(tmp_path / "sources", node + tuspy, mib, "crash")
     expected = {path.name: sha256_file(path) for path in models}
     endpoint = f"{server.url}/files/"
@@ -78,13 +79,13 @@ def run_kills(start_server: Callable[..., ServerProcess], tmp_path: Path, record
                 problems.append(f"{trace.name}: never resumed from an offset above 0 "
                                 f"(upload {upload_id(trace.url)}: {trace.events[:6]}...)")
         record.lost += sum(1 for trace in traces for _ in trace.check_resumes())
-        watcher.stop()
-        problems += watcher.problems(expected)
+        watcher.__exit__()
+        problems += watcher_problems(watcher, models)
         resumes = sum(trace.resumed_above_zero() for trace in traces)
         record.notes.append(f"{node} tus-js-client + {tuspy} tuspy, {mib:g} MiB each, {resumes} resumes at offset > 0")
         assert not problems, "\n".join(problems) + f"\nserver log:\n{server.log()[-3000:]}"
     finally:
-        watcher.stop()
+        watcher.__exit__()
         for upload in node_uploads:
             upload.stop()
 
