@@ -1,0 +1,1 @@
+"""End-to-end tests of the web uploader (web/dist) in headless Chromium against real `modeldrop serve`."""
