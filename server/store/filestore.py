@@ -44,16 +44,17 @@ def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     temporary = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(temporary, path)
     except BaseException:
+        # on a full disk a leftover temp file would keep it full until the next restart
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise

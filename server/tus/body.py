@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 from server import errors
 from server.store.filestore import UploadWriter
 
-BATCH_BYTES = 8 * 1024 * 1024
+BATCH_BYTES = 4 * 1024 * 1024  # two in memory at once (one writing, one filling) keep RSS + ~8 MiB
 GGUF_MAGIC = b"GGUF"
 
 
