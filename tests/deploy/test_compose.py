@@ -30,7 +30,8 @@ import pytest
 import yaml
 
 from tests.deploy.support import REPO, SYSTEM_PATH, clean_env
-from tests.support.processes import RedisProcess, WorkerProcess, free_port, wait_for
+from tests.ggufgen import write_model, write_split_set
+from tests.support.processes import Process, RedisProcess, WorkerProcess, free_port, wait_for
 
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "docker" / "Dockerfile"
@@ -514,3 +515,69 @@ def test_worker_healthcheck_follows_a_real_rq_worker(tmp_path: Path) -> None:
         redis.stop()
     assert subprocess.run(health, env=clean_env(REDIS_URL=redis.url), capture_output=True).returncode == 1
     assert subprocess.run(health, env=clean_env(), capture_output=True).returncode == 1, "REDIS_URL unset"
+
+
+# ---------------------------------------------------------------- llama-server as compose runs it
+
+def llama_server_binary() -> Path | None:
+    """The binary scripts/build-llama-server.sh caches (it is not built here: that takes minutes)."""
+    cache = Path(os.environ.get("MODELDROP_CACHE") or Path.home() / ".cache" / "modeldrop") / "llama-server"
+    found = sorted(p for p in cache.glob("*/llama-server") if os.access(p, os.X_OK))
+    return found[-1] if found else None
+
+
+def get_json(port: int, path: str) -> tuple[int, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection.request("GET", path)
+    response = connection.getresponse()
+    body = response.read()
+    return response.status, json.loads(body) if body.startswith((b"{", b"[")) else body
+
+
+@pytest.mark.llama
+def test_llama_server_with_the_compose_flags_rescans_a_read_only_models_mount(tmp_path: Path, mount,
+                                                                             processes: list[Any]) -> None:
+    """The compose service's own command line, on the real binary, reading the models folder through a
+    read-only bind mount (the compose `:ro` volume) while models are published into it by rename."""
+    binary = llama_server_binary()
+    if binary is None:
+        pytest.skip("no llama-server binary: run scripts/build-llama-server.sh to build one")
+    models, staging, view = tmp_path / "data" / "models", tmp_path / "data" / "staging", tmp_path / "llama-models"
+    for directory in (models, staging, view):
+        directory.mkdir(parents=True)
+    write_model(models / "first.gguf")
+    if os.geteuid() == 0:
+        mount("--bind", str(models), target=view)
+        mount("-o", "remount,bind,ro", target=view)
+        with pytest.raises(OSError):
+            (view / "probe").write_bytes(b"")
+    else:
+        view = models
+
+    port = free_port()
+    command = load_compose()["services"]["llama-server"]["command"]
+    values = {"--models-dir": str(view), "--port": str(port), "--host": "127.0.0.1"}
+    argv = [str(binary)] + [values.get(command[i - 1], word) if i % 2 else word for i, word in enumerate(command)]
+    llama = Process(tmp_path / "llama-server.log")
+    processes.append(llama)
+    llama._spawn(argv)
+
+    def listed() -> set[str] | None:
+        try:
+            status, body = get_json(port, "/models")
+        except OSError:
+            return None
+        return {entry["id"] for entry in body["data"]} if status == 200 else None
+    assert wait_for(lambda: listed() or not llama.alive(), 60, "llama-server to answer") == {"first"}, llama.log()
+    health = load_compose()["services"]["llama-server"]["healthcheck"]["test"][-1]
+    assert get_json(port, urlparse(health).path) == (200, {"status": "ok"})
+
+    write_model(staging / "second.gguf.tmp")
+    os.rename(staging / "second.gguf.tmp", models / "second.gguf")
+    (staging / "split").mkdir()
+    write_split_set(staging / "split", "tiny", 2)
+    os.rename(staging / "split", models / "tiny-split")
+    assert listed() == {"first"}, "the router does not watch the directory"
+    status, body = get_json(port, "/models?reload=1")
+    assert status == 200 and {entry["id"] for entry in body["data"]} == {"first", "second", "tiny-split"}
+    assert listed() == {"first", "second", "tiny-split"}
