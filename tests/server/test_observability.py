@@ -1,0 +1,89 @@
+"""/healthz, /readyz, /metrics and the one-line-per-event log, against real servers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import httpx
+
+from tests.support.processes import ServerProcess, free_port, wait_for
+from tests.support.tus import TusClient, gguf_bytes, upload_id
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" ([0-9.e+-]+|NaN)$"
+    match = re.search(pattern, text, flags=re.MULTILINE)
+    assert match is not None, f"{name}{{{labels}}} is not in /metrics"
+    return float(match.group(1))
+
+
+def test_healthz_answers_while_alive(server: ServerProcess) -> None:
+    response = httpx.get(f"{server.url}/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_is_ready_with_writable_directories(server: ServerProcess) -> None:
+    response = httpx.get(f"{server.url}/readyz")
+    assert response.status_code == 200, response.text
+    assert response.json()["problems"] == []
+
+
+def test_readyz_names_an_unreachable_redis(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    response = httpx.get(f"{server.url}/readyz", timeout=30)
+    assert response.status_code == 503
+    assert any("Redis is unreachable" in problem for problem in response.json()["problems"])
+
+
+def test_readyz_names_a_full_disk_by_its_headroom(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server(disk_headroom="1000TiB")
+    response = httpx.get(f"{server.url}/readyz")
+    assert response.status_code == 503
+    assert any("free on the staging filesystem" in problem for problem in response.json()["problems"])
+
+
+def test_metrics_count_an_upload_from_creation_to_installed(server: ServerProcess) -> None:
+    client = TusClient(server.url)
+    data = gguf_bytes()
+    before = httpx.get(f"{server.url}/metrics").text
+    location = client.upload(data)
+    client.wait_state(location, "installed")
+
+    after = httpx.get(f"{server.url}/metrics").text
+    assert metric(after, "modeldrop_bytes_received_total") - metric(before, "modeldrop_bytes_received_total") == len(data)
+    assert metric(after, "modeldrop_uploads_created_total") == metric(before, "modeldrop_uploads_created_total") + 1
+    assert metric(after, "modeldrop_uploads_finished_total") == metric(before, "modeldrop_uploads_finished_total") + 1
+    assert metric(after, "modeldrop_uploads", 'state="installed"') >= 1
+    assert metric(after, "modeldrop_finalize_seconds_count", 'outcome="installed"') >= 1
+    assert metric(after, "modeldrop_finalize_queue_depth") == 0
+    assert metric(after, "modeldrop_requests_total", 'method="PATCH",status="204"') >= 1
+
+
+def test_metrics_count_terminated_uploads_and_rejections(server: ServerProcess) -> None:
+    client = TusClient(server.url)
+    location = client.location(1000)
+    assert client.delete(location).status_code == 204
+    assert client.create(10, headers={"Tus-Resumable": "0.2.2"}).status_code == 412
+
+    text = httpx.get(f"{server.url}/metrics").text
+    assert metric(text, "modeldrop_uploads_terminated_total") >= 1
+    assert metric(text, "modeldrop_requests_total", 'method="POST",status="412"') >= 1
+
+
+def test_log_has_one_line_per_event_with_the_upload_id(server: ServerProcess) -> None:
+    client = TusClient(server.url)
+    data = gguf_bytes()
+    location = client.upload(data)
+    client.wait_state(location, "installed")
+    upload = upload_id(location)
+
+    def logged() -> list[str]:
+        return [line for line in server.log().splitlines() if f"upload={upload}" in line]
+
+    lines = wait_for(lambda: len(logged()) >= 5 and logged(), 10, "the install to be logged")
+    events = [re.search(r"modeldrop\.\w+ (\w+)", line).group(1) for line in lines]  # type: ignore[union-attr]
+    assert events[0] == "created"
+    assert "progress" in events and "completed" in events and "verifying" in events
+    assert events[-1] == "installed"
