@@ -40,12 +40,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-def figures(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Figures]]:
-    """figures(scenario) -> the Figures record of this test, printed in the terminal summary."""
+def figures(request: pytest.FixtureRequest) -> Iterator[Callable[..., Figures]]:
+    """figures(scenario, fault_kind) -> the Figures record of this test (runs=1), printed in the summary."""
     made: list[Figures] = []
 
-    def make(scenario: str) -> Figures:
-        record = Figures(scenario)
+    def make(scenario: str, fault_kind: str = "faults") -> Figures:
+        record = Figures(scenario, runs=1, fault_kind=fault_kind)
         made.append(record)
         request.config.stash[_FIGURES][f"{request.node.nodeid}::{scenario}"] = record
         return record

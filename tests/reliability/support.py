@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,7 @@ def tuspy_slow_upload(endpoint: str, file: Path, trace: Trace, *, chunk_size: in
             if uploader is None:
                 uploader = client.uploader(file_path=str(file), chunk_size=chunk_size, retries=3, retry_delay=0.3,
                                            metadata={"filename": file.name, **(metadata or {})})
+                uploader.get_offset = _recording_offsets(uploader.get_offset, trace)  # tuspy's retries HEAD too
             if uploader.offset >= uploader.get_file_size():
                 trace.done = True
                 return
@@ -166,10 +168,17 @@ def tuspy_slow_upload(endpoint: str, file: Path, trace: Trace, *, chunk_size: in
             if uploader is not None:
                 try:
                     uploader.offset = uploader.get_offset()
-                    trace.events.append(("resumed", uploader.offset))
                 except Exception:
                     pass
     trace.error = f"did not finish in time (last error: {trace.error})"
+
+
+def _recording_offsets(get_offset: Callable[[], int], trace: Trace) -> Callable[[], int]:
+    def recorded() -> int:
+        offset = get_offset()
+        trace.events.append(("resumed", offset))
+        return offset
+    return recorded
 
 
 def raw_request(port: int, method: str, path: str, headers: dict[str, str], body: bytes = b"",

@@ -17,10 +17,8 @@ from tests.support.processes import ServerProcess
 
 
 def test_disk_full_mid_upload_507_then_resume(start_server: Callable[..., ServerProcess], data_dir: Path,  # noqa: F811
-                                             tmp_path: Path, figures: Callable[[str], Figures]) -> None:
-    record = figures("disk full mid-upload (64 MiB tmpfs)")
-    record.fault_kind = "disk full"
-    record.runs = 1
+                                             tmp_path: Path, figures: Callable[..., Figures]) -> None:
+    record = figures("disk full mid-upload (64 MiB tmpfs)", "disk full")
     server = start_server(disk_headroom=0, sync_interval="1MiB")
     model = make_models(tmp_path / "sources", 1, 24, "full")[0]
     source = model.read_bytes()

@@ -92,10 +92,9 @@ def alive(server: ServerProcess) -> bool:
 
 @pytest.mark.parametrize("examples", [400, pytest.param(5000, marks=pytest.mark.soak)])
 def test_fuzzed_tus_headers_never_5xx_never_write_outside(fuzz_server: ServerProcess, tmp_path: Path,
-                                                           figures: Callable[[str], Figures], examples: int) -> None:
+                                                           figures: Callable[..., Figures], examples: int) -> None:
     server = fuzz_server
-    record = figures(f"hostile input: hypothesis-fuzzed tus headers ({examples} requests)")
-    record.fault_kind = "requests"
+    record = figures(f"hostile input: hypothesis-fuzzed tus headers ({examples} requests)", "requests")
     status, headers, _ = raw_request(server.port, "POST", "/files/", {
         "Tus-Resumable": "1.0.0", "Upload-Length": str(len(MODEL) * 4),
         "Upload-Metadata": "filename " + base64.b64encode(b"target.gguf").decode()})
@@ -127,7 +126,6 @@ def test_fuzzed_tus_headers_never_5xx_never_write_outside(fuzz_server: ServerPro
     time.sleep(1)  # let the finalizer settle whatever got complete
     assert outside(tmp_path, server) == before
     assert "unexpected error" not in server.log(), server.log()[-3000:]
-    record.runs = 1
     record.completed = record.faults - len(bad)
     assert not bad
 
@@ -139,10 +137,9 @@ def http_client_errors() -> type[Exception]:
 
 
 def test_nasty_file_names_are_refused_or_installed_inside_models(fuzz_server: ServerProcess, tmp_path: Path,
-                                                                figures: Callable[[str], Figures]) -> None:
+                                                                figures: Callable[..., Figures]) -> None:
     server = fuzz_server
-    record = figures("hostile input: traversal / control / Unicode file names")
-    record.fault_kind = "names"
+    record = figures("hostile input: traversal / control / Unicode file names", "names")
     before = outside(tmp_path, server)
     problems, accepted = [], []
     for name in NASTY_NAMES:
@@ -167,16 +164,14 @@ def test_nasty_file_names_are_refused_or_installed_inside_models(fuzz_server: Se
         problems.append(f"models/ holds {installed!r}")
     if outside(tmp_path, server) != before:
         problems.append("a file appeared outside the data directory")
-    record.runs = 1
     record.notes.append(f"{len(accepted)} of {len(NASTY_NAMES)} names accepted")
     assert not problems, "\n".join(problems)
 
 
 def test_oversized_headers_and_urls_get_4xx_or_close(fuzz_server: ServerProcess,
-                                                     figures: Callable[[str], Figures]) -> None:
+                                                     figures: Callable[..., Figures]) -> None:
     server = fuzz_server
-    record = figures("hostile input: oversized headers / URL / metadata")
-    record.fault_kind = "requests"
+    record = figures("hostile input: oversized headers / URL / metadata", "requests")
     cases = {
         "100 KB header": ("POST", "/files/", {"Tus-Resumable": "1.0.0", "X-Big": "a" * 100_000}),
         "1 MB header": ("POST", "/files/", {"Tus-Resumable": "1.0.0", "X-Big": "a" * 1_000_000}),
@@ -198,15 +193,13 @@ def test_oversized_headers_and_urls_get_4xx_or_close(fuzz_server: ServerProcess,
             problems.append(f"{what}: the server died")
             break
         record.completed += 1
-    record.runs = 1
     assert not problems, "\n".join(problems)
 
 
 def test_slowloris_does_not_starve_other_clients(fuzz_server: ServerProcess,
-                                                 figures: Callable[[str], Figures]) -> None:
+                                                 figures: Callable[..., Figures]) -> None:
     server = fuzz_server
-    record = figures("hostile input: slowloris (200 connections, a header byte a second)")
-    record.fault_kind = "slow connections"
+    record = figures("hostile input: slowloris (200 connections, a header byte a second)", "slow connections")
     stop = threading.Event()
     sockets: list[socket.socket] = []
     for _ in range(200):
@@ -240,7 +233,6 @@ def test_slowloris_does_not_starve_other_clients(fuzz_server: ServerProcess,
         dripper.join(5)
         for sock in sockets:
             sock.close()
-    record.runs = 1
     record.notes.append(f"slowest answer to others {max(latencies) * 1000:.0f} ms")
     assert max(latencies) < 2.0
 
@@ -251,10 +243,9 @@ ROUTES = [("OPTIONS", "/files/"), ("POST", "/files/"), ("POST", "/files"), ("HEA
 
 
 def test_every_route_without_credentials_is_401_and_writes_nothing(
-        start_server: Callable[..., ServerProcess], tmp_path: Path, figures: Callable[[str], Figures]) -> None:
+        start_server: Callable[..., ServerProcess], tmp_path: Path, figures: Callable[..., Figures]) -> None:
     server = start_server(token=["s3cret-token"])
-    record = figures("hostile input: every route without / with a wrong token")
-    record.fault_kind = "requests"
+    record = figures("hostile input: every route without / with a wrong token", "requests")
     write_model(server.models_dir / "victim.gguf")
     auth = {"Tus-Resumable": "1.0.0", "Authorization": "Bearer s3cret-token"}
     status, headers, _ = raw_request(server.port, "POST", "/files/", {
@@ -284,7 +275,6 @@ def test_every_route_without_credentials_is_401_and_writes_nothing(
                 record.completed += 1
     if snapshot(server.data_dir) != before:
         problems.append("an unauthenticated request changed the data directory")
-    record.runs = 1
     assert not problems, "\n".join(problems)
 
 
@@ -309,11 +299,9 @@ def mutated_headers(count: int, seed: int) -> Iterator[tuple[str, bytes]]:
 
 @pytest.mark.parametrize("count", [25, pytest.param(250, marks=pytest.mark.soak)])
 def test_mutated_gguf_headers_end_failed_with_a_reason(fuzz_server: ServerProcess,
-                                                       figures: Callable[[str], Figures], count: int) -> None:
+                                                       figures: Callable[..., Figures], count: int) -> None:
     server = fuzz_server
-    record = figures(f"hostile input: {count} mutated GGUF headers uploaded as files")
-    record.fault_kind = "broken files"
-    record.runs = 1
+    record = figures(f"hostile input: {count} mutated GGUF headers uploaded as files", "broken files")
     locations = {}
     for name, data in mutated_headers(count, seed=count):
         status, headers, reply = raw_request(server.port, "POST", "/files/", {

@@ -45,7 +45,6 @@ def run_load(start_server: Callable[..., ServerProcess], tmp_path: Path, record:
     server = start_server(max_uploads=small + large + 8)
     smalls = make_models(tmp_path / "small", small, 0.25, "small")
     larges = make_models(tmp_path / "large", large, large_mib, "large")
-    record.runs = 1
     record.fault_kind = "concurrent uploads"
     record.faults = small + large
     started = time.monotonic()
@@ -81,13 +80,13 @@ def run_load(start_server: Callable[..., ServerProcess], tmp_path: Path, record:
 
 
 def test_load_64_small_and_4_large_uploads(start_server: Callable[..., ServerProcess], tmp_path: Path,
-                                           figures: Callable[[str], Figures]) -> None:
+                                           figures: Callable[..., Figures]) -> None:
     run_load(start_server, tmp_path, figures("load: 64 small + 4 large concurrent uploads"), small=64, large=4,
              large_mib=64)
 
 
 @pytest.mark.soak
 def test_soak_load(start_server: Callable[..., ServerProcess], tmp_path: Path,
-                   figures: Callable[[str], Figures]) -> None:
+                   figures: Callable[..., Figures]) -> None:
     run_load(start_server, tmp_path, figures("load soak: 64 small + 4 × 512 MiB"), small=64, large=4,
              large_mib=512)

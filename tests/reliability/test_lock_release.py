@@ -95,11 +95,11 @@ def run_rounds(start_server: Callable[..., ServerProcess], tmp_path: Path, recor
 
 def test_reset_and_stalled_patches_release_the_lock_and_resume(start_server: Callable[..., ServerProcess],
                                                                tmp_path: Path,
-                                                               figures: Callable[[str], Figures]) -> None:
+                                                               figures: Callable[..., Figures]) -> None:
     run_rounds(start_server, tmp_path, figures("connection reset / stalled sender mid-PATCH"), rounds=1)
 
 
 @pytest.mark.soak
 def test_soak_reset_and_stalled_patches(start_server: Callable[..., ServerProcess], tmp_path: Path,
-                                        figures: Callable[[str], Figures]) -> None:
+                                        figures: Callable[..., Figures]) -> None:
     run_rounds(start_server, tmp_path, figures("connection reset / stalled sender soak"), rounds=8)

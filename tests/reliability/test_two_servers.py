@@ -40,7 +40,6 @@ def run_two_servers(start_server: Callable[..., ServerProcess], redis_server: Re
     source = model.read_bytes()
     url = create(a.url, len(source), model.name)
     urls = [url, on(b, url)]
-    record.runs = 1
     record.fault_kind = "races"
     problems: list[str] = []
     outcomes: dict[str, int] = {}
@@ -83,7 +82,7 @@ def run_two_servers(start_server: Callable[..., ServerProcess], redis_server: Re
 
 def test_two_servers_share_staging_and_redis(start_server: Callable[..., ServerProcess], redis_server: RedisProcess,
                                              start_worker: Callable[..., WorkerProcess], tmp_path: Path,
-                                             figures: Callable[[str], Figures]) -> None:
+                                             figures: Callable[..., Figures]) -> None:
     run_two_servers(start_server, redis_server, start_worker, tmp_path,
                     figures("two servers, one staging dir + Redis, racing PATCHes"), rounds=6)
 
@@ -91,6 +90,6 @@ def test_two_servers_share_staging_and_redis(start_server: Callable[..., ServerP
 @pytest.mark.soak
 def test_soak_two_servers_racing(start_server: Callable[..., ServerProcess], redis_server: RedisProcess,
                                  start_worker: Callable[..., WorkerProcess], tmp_path: Path,
-                                 figures: Callable[[str], Figures]) -> None:
+                                 figures: Callable[..., Figures]) -> None:
     run_two_servers(start_server, redis_server, start_worker, tmp_path,
                     figures("two servers racing soak"), rounds=30)
