@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,7 @@ def create_app(settings: Settings) -> Starlette:
         body = await in_thread(generate_latest, parts.metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    routes = [
+    routes: list[Route | Mount] = [
         Route("/files", handler.post, methods=["POST"]),
         Route("/files", handler.options, methods=["OPTIONS"]),
         Route(BASE_PATH, handler.post, methods=["POST"]),
@@ -248,7 +249,7 @@ class RequestMetrics:
             return
         status = {"code": 500}
 
-        async def recording_send(message: dict[str, Any]) -> None:
+        async def recording_send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)
@@ -272,8 +273,9 @@ async def recover(parts: Components) -> None:
             report.to_finalize.append(upload_id)
         except Exception as exc:
             log.warning("upload=%s: could not resume concatenation: %s", upload_id, exc)
-            await loop.run_in_executor(None, lambda: parts.store.write_status(
-                upload_id, state="failed", reason=f"the concatenation could not be finished: {exc}"))
+            record_failure = functools.partial(parts.store.write_status, upload_id, state="failed",
+                                               reason=f"the concatenation could not be finished: {exc}")
+            await loop.run_in_executor(None, record_failure)
     if report.to_finalize and parts.finalizer is not None:
         await loop.run_in_executor(None, requeue_stuck, parts.store, parts.finalizer, parts.locks, report.to_finalize)
 
@@ -288,8 +290,9 @@ async def maintain(parts: Components) -> None:
             if swept:
                 log.info("expired %d uploads: %s", len(swept), " ".join(swept))
             if parts.finalizer is not None:
-                requeued = await loop.run_in_executor(None, lambda: requeue_stuck(
-                    parts.store, parts.finalizer, parts.locks, stale_after=parts.settings.stale_after))
+                requeue = functools.partial(requeue_stuck, parts.store, parts.finalizer, parts.locks,
+                                            stale_after=parts.settings.stale_after)
+                requeued = await loop.run_in_executor(None, requeue)
                 if requeued:
                     log.info("requeued for finalize: %s", " ".join(requeued))
         except Exception:

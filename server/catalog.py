@@ -109,7 +109,8 @@ class Catalog:
             "llama_server": record.get("llama_server"),
         }
 
-    def _directory_entry(self, name: str, path: Path, stat: os.stat_result, record: dict[str, Any]) -> dict[str, Any] | None:
+    def _directory_entry(self, name: str, path: Path, stat: os.stat_result,
+                         record: dict[str, Any]) -> dict[str, Any] | None:
         files = sorted(child for child in path.iterdir() if child.is_file() and child.name.lower().endswith(".gguf"))
         if not files:
             return None
@@ -169,7 +170,8 @@ class Catalog:
     def verify(self, name: str, with_sha256: bool = False) -> dict[str, Any]:
         """Re-checks size and structure on disk now (and the sha256, on request)."""
         item = self.describe(name)
-        paths = [Path(item["path"]) / shard["name"] for shard in item["shards"]] if item["shards"] else [Path(item["path"])]
+        base = Path(item["path"])
+        paths = [base / shard["name"] for shard in item["shards"]] if item["shards"] else [base]
         problems = []
         facts_by_file = []
         for path in paths:

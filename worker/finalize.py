@@ -320,7 +320,7 @@ def _record_set_installed(ctx: Context, shard: gguf.ShardName) -> None:
     members = _read_members(ctx, shard.prefix)
     target = ctx.models_dir / shard.prefix
     digests = {}
-    for number, upload_id in sorted(members.items()):
+    for _, upload_id in sorted(members.items(), key=lambda item: int(item[0])):
         with contextlib.suppress(Exception):
             member = ctx.store.load(upload_id)
             status = ctx.store.read_status(upload_id) or {}

@@ -91,7 +91,8 @@ def notify_llama_server(url: str, api_key: str | None, model_id: str, timeout: f
         _get_json(f"{base}/models?reload=1", headers, timeout)
         result["notified"] = True
         listing = _get_json(f"{base}/models", headers, timeout)
-        ids = {str(entry.get("id")) for entry in listing.get("data", listing.get("models", [])) if isinstance(entry, dict)}
+        entries = listing.get("data", listing.get("models", []))
+        ids = {str(entry.get("id")) for entry in entries if isinstance(entry, dict)}
         result["listed"] = model_id in ids
         if not result["listed"]:
             result["error"] = ("llama-server did not list the model after a rescan: it may be an older build "

@@ -115,7 +115,8 @@ class TusHandler:
                 raise errors.TooLarge(f"the upload is {length} bytes; this server accepts at most "
                                       f"{self.settings.max_size} (Tus-Max-Size)")
         is_partial = concat is not None and concat.kind == CONCAT_PARTIAL
-        filename = None if is_partial and "filename" not in metadata else tus.validate_filename(metadata.get("filename"))
+        needs_name = not is_partial or "filename" in metadata  # a partial is not a model on its own
+        filename = tus.validate_filename(metadata.get("filename")) if needs_name else None
         if filename is not None and not is_partial:
             await self._io(self.admission.check_name_free, filename)
         if length == 0 and not is_partial:
@@ -256,7 +257,8 @@ class TusHandler:
                 raise errors.TooLarge(f"this request would take the upload to {info.offset + content_length} bytes, "
                                       f"past {what} of {limit}")
             outcome = await self._write_body(request, info, lock, checksum)
-        return Response(status_code=204, headers={**self._upload_headers(outcome), "Upload-Offset": str(outcome.offset)})
+        headers = {**self._upload_headers(outcome), "Upload-Offset": str(outcome.offset)}
+        return Response(status_code=204, headers=headers)
 
     async def _declare_length(self, info: UploadInfo, length: int) -> UploadInfo:
         if info.length is not None:
