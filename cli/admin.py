@@ -110,7 +110,7 @@ def format_models(document: Mapping[str, Any]) -> str:
                      str(gguf.get("architecture") or "-"), str(gguf.get("quantization") or "-"),
                      _format_time(model.get("mtime"))))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     if not models:
         lines = ["no models installed"]
     disk = document.get("disk")
