@@ -256,7 +256,8 @@ class RetryPolicy:
 
     def schedule(self, jitters: Iterable[float]) -> list[float]:
         """Every delay this policy allows, one jitter value per attempt."""
-        return [self.delay(attempt, jitter) for attempt, jitter in zip(range(1, self.attempts + 1), jitters, strict=False)]
+        attempts = range(1, self.attempts + 1)
+        return [self.delay(attempt, jitter) for attempt, jitter in zip(attempts, jitters, strict=False)]
 
 
 # ---------------------------------------------------------------- split sets and final status
