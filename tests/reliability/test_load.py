@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,35 @@ def small_upload(base_url: str, path: Path) -> tuple[str, list[int]]:
     return location, statuses
 
 
+class Probe:
+    """Meanwhile, every 100 ms: how long /healthz takes (a blocked event loop shows) and the server's RSS."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.worst_latency = 0.0
+        self.first_rss = self.peak_rss = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _rss(self) -> int:
+        for line in Path(f"/proc/{self.server.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            started = time.monotonic()
+            httpx.get(f"{self.server.url}/healthz", timeout=30)
+            self.worst_latency = max(self.worst_latency, time.monotonic() - started)
+            self.peak_rss = max(self.peak_rss, self._rss())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
 def server_5xx(server: ServerProcess) -> dict[str, float]:
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     return {f"{method} {status}": float(value) for method, status, value in
@@ -48,6 +78,7 @@ def run_load(start_server: Callable[..., ServerProcess], tmp_path: Path, record:
     record.fault_kind = "concurrent uploads"
     record.faults = small + large
     started = time.monotonic()
+    probe = Probe(server)
     nodes = [NodeUpload(path, f"{server.url}/files/", chunk_size=8 * MIB, retry_delays=[500, 1000, 2000])
              for path in larges]
     try:
@@ -58,6 +89,7 @@ def run_load(start_server: Callable[..., ServerProcess], tmp_path: Path, record:
         for path, node in zip(larges, nodes):
             urls[path.name] = node.finish(timeout=240)
     finally:
+        probe.stop()
         for node in nodes:
             node.stop()
     problems = [f"small uploads answered {statuses}" for statuses in bad_statuses[:5]]
@@ -71,11 +103,16 @@ def run_load(start_server: Callable[..., ServerProcess], tmp_path: Path, record:
             problems.append(f"{path.name}: installed with other bytes")
         else:
             record.completed += 1
+    if probe.worst_latency > 5.0:  # generous: this 2-core machine is shared; the figure is reported
+        problems.append(f"/healthz took {probe.worst_latency:.1f}s under load: the event loop is blocked")
+    if probe.peak_rss - probe.first_rss > 300 * MIB:
+        problems.append(f"the server's memory grew from {probe.first_rss // MIB} to {probe.peak_rss // MIB} MiB")
     errors = server_5xx(server)
     if errors:
         problems.append(f"the server answered 5xx: {errors}")
     record.notes.append(f"{small} × 256 KiB + {large} × {large_mib:g} MiB in {time.monotonic() - started:.0f}s, "
-                        f"5xx={int(sum(errors.values()))}")
+                        f"5xx={int(sum(errors.values()))}, /healthz ≤{probe.worst_latency * 1000:.0f} ms, "
+                        f"server RSS {probe.first_rss // MIB}→{probe.peak_rss // MIB} MiB")
     assert not problems, "\n".join(problems)
 
 
