@@ -11,6 +11,7 @@ Every test gets its own browser context; an uncaught exception in the page fails
 from __future__ import annotations
 
 import base64
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,9 @@ import pytest
 from tests.support.processes import REPO, ServerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
-WEB_INDEX = REPO / "web" / "dist" / "index.html"
+# The built page under test; MODELDROP_BROWSER_WEB_DIR points the tests at another build (e.g. a patched copy).
+WEB_DIR = Path(os.environ.get("MODELDROP_BROWSER_WEB_DIR") or REPO / "web" / "dist")
+WEB_INDEX = WEB_DIR / "index.html"
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -35,7 +38,7 @@ def missing_prerequisite() -> str | None:
     if not CHROMIUM.exists():
         return f"{CHROMIUM} is not installed (apt-get install chromium; the README's test command does it)"
     if not WEB_INDEX.exists():
-        return f"{WEB_INDEX.relative_to(REPO)} is not built (cd web && npm ci && npm run build)"
+        return f"{WEB_INDEX} is not built (cd web && npm ci && npm run build)"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -44,9 +47,14 @@ def missing_prerequisite() -> str | None:
 
 
 @pytest.fixture
-def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
-    """A server without fsync: the browser tests are about the page, not durability."""
-    return start_server(fsync=False)
+def serve(start_server: Callable[..., ServerProcess]) -> Callable[..., ServerProcess]:
+    """serve(**serve_options) -> a server of the page under test, without fsync (durability is not the point)."""
+    return lambda **options: start_server(**{"fsync": False, "web_dir": WEB_DIR, **options})
+
+
+@pytest.fixture
+def server(serve: Callable[..., ServerProcess]) -> ServerProcess:
+    return serve()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import (
-    PHONE, add_files, card, drop_files, missing_prerequisite, save_screenshot, wait_for_state,
+    PHONE, add_files, card, drop_files, missing_prerequisite, save_screenshot, wait_for_state, wait_ready,
 )
 from tests.e2e.wire import sha256_of
 from tests.ggufgen import truncate_by, write_model, write_sparse_model, write_split_set
@@ -28,7 +28,6 @@ from playwright.sync_api import expect  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
-StartServer = Callable[..., ServerProcess]
 OpenPage = Callable[..., Any]
 
 
@@ -126,6 +125,42 @@ def test_a_reload_mid_upload_resumes_from_the_servers_offset(
     assert filecmp.cmp(server.models_dir / model.name, model, shallow=False)
 
 
+RELOAD_WHEN_SENT = """(name) => {
+    // Reloads the moment the card leaves the browser-side states: the page has just seen the last byte
+    // acknowledged and handed the upload to its finalizer (localStorage "modeldrop.finalize").
+    const browserSide = ['ready', 'waiting', 'uploading']
+    new MutationObserver((_, observer) => {
+        const card = document.querySelector(`[data-testid="upload-status-${name}"]`)
+        if (card && card.dataset.state && !browserSide.includes(card.dataset.state)) {
+            observer.disconnect()
+            location.reload()
+        }
+    }).observe(document.body, { subtree: true, attributes: true, attributeFilter: ['data-state'] })
+}"""
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a reload within Golden Retriever's 500 ms save throttle after the last "
+                   "byte restores the finished upload as an 'Interrupted' ghost that never follows the server")
+def test_a_reload_right_after_the_last_byte_shows_the_servers_state(
+        server: ServerProcess, open_page: OpenPage, tmp_path: Path) -> None:
+    # When the reload lands depends on the throttle's timer, so three uploads are tried: each one must come
+    # back showing the server's state (installed), none as an Interrupted file waiting to be chosen again.
+    page = open_page(server)
+    for attempt in range(3):
+        model = write_model(tmp_path / f"Quick-{attempt}-Q4_K_M.gguf", tensors=4, tensor_elems=4096)
+        add_files(page, model)
+        upload_card = card(page, model.name)
+        expect(upload_card).to_have_attribute("data-state", "ready")
+        page.evaluate(RELOAD_WHEN_SENT, model.name)
+        with page.expect_event("load"):
+            page.get_by_test_id("start-upload").click()
+        wait_ready(page)
+        wait_for_state(upload_card, "installed", timeout=5)
+        expect(page.get_by_test_id("start-upload")).to_be_hidden()
+        expect(page.get_by_test_id("dropzone")).not_to_contain_text("Session restored")
+        assert filecmp.cmp(server.models_dir / model.name, model, shallow=False)
+
+
 # -- 3. a failure shows its reason; a wrong kind of file is refused -------------------------------------------
 
 
@@ -167,8 +202,8 @@ def test_a_file_that_is_not_gguf_is_refused_before_upload(
 
 
 def test_the_token_dialog_rejects_a_wrong_token_and_keeps_the_right_one(
-        start_server: StartServer, open_page: OpenPage, tmp_path: Path) -> None:
-    server = start_server(token=["s3cret"], fsync=False)
+        serve: Callable[..., ServerProcess], open_page: OpenPage, tmp_path: Path) -> None:
+    server = serve(token=["s3cret"])
     model = write_model(tmp_path / "Guarded-Q4_K_M.gguf")
     page = open_page(server)
     requests = record_tus_requests(page)
@@ -316,6 +351,7 @@ def test_screenshots_on_desktop_and_phone_without_horizontal_overflow(
     desktop = save_screenshot(page, "browser-desktop-1280x800.png")
     save_screenshot(page, "browser-desktop-full.png", full_page=True)
     page.set_viewport_size(PHONE)
+    page.wait_for_timeout(700)  # past Golden Retriever's 500 ms save throttle (see the xfail test on reloads)
     page.reload()  # laid out from the start at phone width; the finished cards come back from localStorage
     expect(card(page, bad.name).get_by_test_id("reason")).to_contain_text("truncated")
     expect(page.get_by_test_id(f"model-row-{good.name}")).to_be_visible()
