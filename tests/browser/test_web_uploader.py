@@ -139,8 +139,6 @@ RELOAD_WHEN_SENT = """(name) => {
 }"""
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a reload within Golden Retriever's 500 ms save throttle after the last "
-                   "byte restores the finished upload as an 'Interrupted' ghost that never follows the server")
 def test_a_reload_right_after_the_last_byte_shows_the_servers_state(
         server: ServerProcess, open_page: OpenPage, tmp_path: Path) -> None:
     # When the reload lands depends on the throttle's timer, so three uploads are tried: each one must come
@@ -351,7 +349,7 @@ def test_screenshots_on_desktop_and_phone_without_horizontal_overflow(
     desktop = save_screenshot(page, "browser-desktop-1280x800.png")
     save_screenshot(page, "browser-desktop-full.png", full_page=True)
     page.set_viewport_size(PHONE)
-    page.wait_for_timeout(700)  # past Golden Retriever's 500 ms save throttle (see the xfail test on reloads)
+    page.wait_for_timeout(700)  # let the last byte's status settle before the screenshot reload
     page.reload()  # laid out from the start at phone width; the finished cards come back from localStorage
     expect(card(page, bad.name).get_by_test_id("reason")).to_contain_text("truncated")
     expect(page.get_by_test_id(f"model-row-{good.name}")).to_be_visible()

@@ -336,7 +336,10 @@ export function initUploads({ config, auth, onInstalled }) {
     const percent = size ? (sent / size) * 100 : 0
     const sentText = `${formatBytes(sent)} of ${formatBytes(size)}`
 
-    if (file && !progress.uploadComplete) {
+    // The finalizer only follows uploads whose last byte the server acknowledged, and Golden Retriever's
+    // snapshot may be up to 500 ms older than that: after a reload, such a file can come back looking
+    // unfinished (a ghost, or Ready when its blob survived). The server's status wins.
+    if (file && !progress.uploadComplete && !entry) {
       if (file.isGhost) {
         return Object.assign(view, {
           state: 'interrupted', label: 'Interrupted', tone: 'warn', percent, actions: ['reselect', 'remove'],
@@ -491,7 +494,20 @@ export function initUploads({ config, auth, onInstalled }) {
     finalizer.retryUnauthorized()
   })
 
-  uppy.on('restored', () => scheduleRender())
+  uppy.on('restored', () => {
+    // Files whose last byte reached the server before the page closed are finished, whatever the snapshot says.
+    for (const file of uppy.getFiles()) {
+      if (file.progress.uploadComplete || !finalizer.get(file.id)) continue
+      uppy.setFileState(file.id, {
+        isGhost: false,
+        error: null,
+        progress: { ...file.progress, uploadStarted: file.progress.uploadStarted || Date.now(), uploadComplete: true,
+          complete: true, percentage: 100, bytesUploaded: file.size },
+      })
+    }
+    if (uppy.getFiles().every((f) => f.progress.uploadComplete)) uppy.setState({ recoveredState: null })
+    scheduleRender()
+  })
   finalizer.resumeAll()
   scheduleRender()
   return { uppy }
