@@ -35,7 +35,6 @@ class Figures:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "soak: long fault/soak variant, run only with --soak")
     config.stash[_FIGURES] = {}
 
 

@@ -5,6 +5,7 @@ Nothing here fakes the server: clients speak HTTP to real `modeldrop serve` proc
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -13,13 +14,14 @@ import subprocess
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 from tusclient.client import TusClient as TuspyClient
+from tusclient.exceptions import TusCommunicationError
 
 from tests.e2e.clients import NodeUpload, require_node
 from tests.ggufgen import write_model
@@ -162,14 +164,12 @@ def tuspy_slow_upload(endpoint: str, file: Path, trace: Trace, *, chunk_size: in
             uploader.upload_chunk()
             trace.url = uploader.url  # tuspy creates the upload with its first chunk
             trace.events.append(("accepted", uploader.offset))
-        except Exception as exc:  # the server is down or restarting
+        except Exception as exc:  # noqa: BLE001 - the server is down or restarting: whatever broke, retry
             trace.error = f"{type(exc).__name__}: {exc}"
             time.sleep(0.3 + random.random() * 0.5)
             if uploader is not None:
-                try:
+                with contextlib.suppress(TusCommunicationError, OSError):
                     uploader.offset = uploader.get_offset()
-                except Exception:
-                    pass
     trace.error = f"did not finish in time (last error: {trace.error})"
 
 

@@ -90,7 +90,7 @@ def alive(server: ServerProcess) -> bool:
     return raw_request(server.port, "GET", "/healthz", {})[0] == 200
 
 
-@pytest.mark.parametrize("examples", [400, pytest.param(5000, marks=pytest.mark.soak)])
+@pytest.mark.parametrize("examples", [400, pytest.param(5000, marks=[pytest.mark.soak, pytest.mark.timeout(1200)])])
 def test_fuzzed_tus_headers_never_5xx_never_write_outside(fuzz_server: ServerProcess, tmp_path: Path,
                                                            figures: Callable[..., Figures], examples: int) -> None:
     server = fuzz_server
@@ -297,7 +297,7 @@ def mutated_headers(count: int, seed: int) -> Iterator[tuple[str, bytes]]:
         yield f"mutated-{index:02d}-kind{kind}.gguf", bytes(data)
 
 
-@pytest.mark.parametrize("count", [25, pytest.param(250, marks=pytest.mark.soak)])
+@pytest.mark.parametrize("count", [25, pytest.param(250, marks=[pytest.mark.soak, pytest.mark.timeout(1200)])])
 def test_mutated_gguf_headers_end_failed_with_a_reason(fuzz_server: ServerProcess,
                                                        figures: Callable[..., Figures], count: int) -> None:
     server = fuzz_server

@@ -123,6 +123,7 @@ def test_load_64_small_and_4_large_uploads(start_server: Callable[..., ServerPro
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1200)  # the suite's default is 300 s
 def test_soak_load(start_server: Callable[..., ServerProcess], tmp_path: Path,
                    figures: Callable[..., Figures]) -> None:
     run_load(start_server, tmp_path, figures("load soak: 64 small + 4 × 512 MiB"), small=64, large=4,

@@ -100,6 +100,7 @@ def test_reset_and_stalled_patches_release_the_lock_and_resume(start_server: Cal
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1200)  # the suite's default is 300 s
 def test_soak_reset_and_stalled_patches(start_server: Callable[..., ServerProcess], tmp_path: Path,
                                         figures: Callable[..., Figures]) -> None:
     run_rounds(start_server, tmp_path, figures("connection reset / stalled sender soak"), rounds=8)

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.wire import OCTETS, RawPatch, call, create, head_offset, on, stored_bytes, wait_installed
+from tests.e2e.wire import (
+    OCTETS,
+    RawPatch,
+    call,
+    create,
+    head_offset,
+    on,
+    stored_bytes,
+    wait_installed,
+)
 from tests.reliability.conftest import Figures
 from tests.reliability.support import MIB, make_models, sha256_file
 from tests.support.processes import RedisProcess, ServerProcess, WorkerProcess
@@ -88,6 +97,7 @@ def test_two_servers_share_staging_and_redis(start_server: Callable[..., ServerP
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1200)  # the suite's default is 300 s
 def test_soak_two_servers_racing(start_server: Callable[..., ServerProcess], redis_server: RedisProcess,
                                  start_worker: Callable[..., WorkerProcess], tmp_path: Path,
                                  figures: Callable[..., Figures]) -> None:

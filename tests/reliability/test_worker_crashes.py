@@ -173,6 +173,7 @@ def test_worker_killed_mid_hash_and_around_rename_redis_lost(
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1200)  # the suite's default is 300 s
 def test_soak_worker_killed_with_a_4_gib_upload(
         start_server: Callable[..., ServerProcess], redis_server: RedisProcess,
         start_worker: Callable[..., WorkerProcess], tmp_path: Path, figures: Callable[..., Figures]) -> None:
