@@ -58,16 +58,18 @@ class Admission:
 
     def check_capacity(self, length: int | None) -> None:
         """Runs in a thread: counts unfinished uploads and reserves Upload-Length against free space."""
-        if self.store.unfinished_count() >= self.settings.max_uploads:
+        unfinished, reserved = self.store.admission_figures()
+        if unfinished >= self.settings.max_uploads:
             raise errors.TooManyUploads(f"{self.settings.max_uploads} uploads are already unfinished; finish or "
                                         "cancel some, or retry later", headers={"Retry-After": "60"})
         if length:
-            self.check_space(length)
+            self.check_space(length, reserved)
 
-    def check_space(self, length: int) -> None:
+    def check_space(self, length: int, reserved: int | None = None) -> None:
+        if reserved is None:
+            reserved = self.store.admission_figures()[1]
         stat = os.statvfs(self.store.staging_dir)
         free = stat.f_bavail * stat.f_frsize
-        reserved = self.store.reserved_bytes()
         available = free - reserved - self.settings.disk_headroom
         if length > available:
             raise errors.InsufficientStorage(

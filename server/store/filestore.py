@@ -34,6 +34,7 @@ _SYNC_FILE_RANGE_WRITE = 2
 _WRITEBACK_KICK = 16 * 1024 * 1024  # start writeback every 16 MiB so the periodic fdatasync is short
 _MAX_TAIL_REHASH = 1024 * 1024 * 1024  # beyond this, a lost checkpoint is left to the finalizer's full read
 _READ_BLOCK = 8 * 1024 * 1024
+UNSTARTED_GRACE = 600.0  # seconds an upload with no bytes yet keeps its disk reservation
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
@@ -244,22 +245,43 @@ class FileStore:
             with contextlib.suppress(errors.HTTPError, OSError, ValueError, KeyError):
                 yield self.load(upload_id)
 
-    def reserved_bytes(self) -> int:
-        """Bytes that unfinished uploads still need on this filesystem."""
-        total = 0
-        for info in self.iter_infos():
+    def open_uploads(self) -> list[UploadInfo]:
+        """Uploads with data still in staging that are neither installed nor failed.
+
+        Walks the data files, not the records: installed uploads keep their record for days but have no
+        data left, so admission costs O(open uploads), not O(everything retained).
+        """
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.uploads_dir):
+                upload_id, _, suffix = name.partition(".")
+                if suffix != "bin" or not UPLOAD_ID.match(upload_id):
+                    continue
+                try:
+                    info = self.load(upload_id)
+                except (errors.HTTPError, OSError, ValueError, KeyError):
+                    continue
+                if (self.read_status(upload_id) or {}).get("state") not in TERMINAL_STATES:
+                    found.append(info)
+        return found
+
+    def admission_figures(self, now: float | None = None) -> tuple[int, int]:
+        """(unfinished uploads, bytes they still need) in one pass, for creation admission.
+
+        An upload that never received a byte stops reserving space after UNSTARTED_GRACE: its client most
+        likely never got the creation response, and it must not block the disk until it expires in days.
+        """
+        now = time.time() if now is None else now
+        count = reserved = 0
+        for info in self.open_uploads():
+            if not info.is_complete and not info.is_partial:
+                count += 1
             if info.length is None:
                 continue
-            status = self.read_status(info.id) or {}
-            if status.get("state") in TERMINAL_STATES:
+            if info.offset == 0 and now - max(info.created_at, info.last_write_at) > UNSTARTED_GRACE:
                 continue
-            total += max(0, info.length - info.offset)
-        return total
-
-    def unfinished_count(self) -> int:
-        """Uploads that may still receive bytes; a failed one (e.g. not GGUF) never will."""
-        return sum(1 for info in self.iter_infos() if not info.is_complete and not info.is_partial
-                   and (self.read_status(info.id) or {}).get("state") not in TERMINAL_STATES)
+            reserved += max(0, info.length - info.offset)
+        return count, reserved
 
     def reconcile(self, orphan_age: float = 60.0) -> ReconcileReport:
         """Brings the store back to a consistent state after a crash; safe while other processes run."""

@@ -13,7 +13,7 @@ import pytest
 
 from server import errors
 from server.store import digest
-from server.store.filestore import FileStore, write_atomic
+from server.store.filestore import UNSTARTED_GRACE, FileStore, write_atomic
 from server.store.info import UploadInfo
 
 MIB = 1024 * 1024
@@ -190,12 +190,31 @@ def test_store_load_of_a_moved_complete_upload_uses_the_status_offset(store: Fil
     assert store.load(info.id).offset == 4
 
 
-def test_store_unfinished_count_skips_partials_complete_and_failed(store: FileStore) -> None:
+def test_store_admission_figures_skip_partials_complete_and_failed(store: FileStore) -> None:
     new_upload(store)
     new_upload(store, concat="partial")
     failed = new_upload(store)
     store.write_status(failed.id, state="failed", reason="not gguf")
     complete = new_upload(store, length=4)
     write(store, complete, b"GGUF")
-    assert store.unfinished_count() == 1
-    assert store.reserved_bytes() == 200  # the unfinished upload and the partial; not the failed one
+    unfinished, reserved = store.admission_figures()
+    assert unfinished == 1
+    assert reserved == 200  # the unfinished upload and the partial; not the failed one
+
+
+def test_store_admission_figures_release_an_upload_that_never_started(store: FileStore) -> None:
+    started = new_upload(store, length=100)
+    write(store, started, b"GGUF")
+    new_upload(store, length=100)  # its client never sent a byte (it likely lost the creation response)
+    assert store.admission_figures()[1] == 96 + 100
+    later = time.time() + UNSTARTED_GRACE + 1
+    assert store.admission_figures(now=later) == (2, 96)  # still counted as unfinished, no longer reserving
+
+
+def test_store_admission_ignores_retained_records_of_installed_uploads(store: FileStore) -> None:
+    installed = new_upload(store, length=4)
+    write(store, installed, b"GGUF")
+    store.write_status(installed.id, state="installed", offset=4)
+    store.remove_data(installed.id)
+    assert store.open_uploads() == []
+    assert store.list_ids() == [installed.id]  # the record stays, so HEAD still answers
