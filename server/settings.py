@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -290,8 +289,3 @@ def format_default(option: Option) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return str(value)
-
-
-def settings_from_environ(**overrides: Any) -> Settings:
-    """For processes started by the server (the embedded finalizer, tests): read os.environ once."""
-    return Settings.from_env(os.environ, overrides)

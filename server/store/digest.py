@@ -80,9 +80,6 @@ class ResumableSha256:
     def state(self) -> bytes:
         return self._ctx.raw
 
-    def copy(self) -> ResumableSha256:
-        return ResumableSha256(self.state())
-
     def hexdigest(self) -> str:
         ctx = ctypes.create_string_buffer(self._ctx.raw, _CTX_SIZE)
         out = ctypes.create_string_buffer(32)

@@ -11,12 +11,11 @@ import contextlib
 import os
 from collections.abc import Sequence
 
-from server import errors
+from server import errors, gguf
 from server.store.filestore import FileStore
 from server.store.info import UploadInfo
 
 _COPY_BLOCK = 1 << 30
-GGUF_MAGIC = b"GGUF"
 
 
 def first_bytes(store: FileStore, parts: Sequence[UploadInfo], count: int) -> bytes:
@@ -31,7 +30,7 @@ def first_bytes(store: FileStore, parts: Sequence[UploadInfo], count: int) -> by
 
 def assemble_final(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo]) -> UploadInfo:
     """Creates the final upload's record and data from its complete partials; marks it queued when done."""
-    if first_bytes(store, parts, len(GGUF_MAGIC)) != GGUF_MAGIC:
+    if first_bytes(store, parts, len(gguf.MAGIC)) != gguf.MAGIC:
         raise errors.NotGGUF("the concatenated upload does not start with the GGUF magic: it is not a GGUF model")
     store.create(final)
     copy_parts(store, final, parts)

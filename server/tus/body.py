@@ -17,11 +17,10 @@ from collections.abc import AsyncIterator, Callable
 
 from starlette.requests import ClientDisconnect
 
-from server import errors
+from server import errors, gguf
 from server.store.filestore import UploadWriter
 
 BATCH_BYTES = 4 * 1024 * 1024  # two in memory at once (one writing, one filling) keep RSS + ~8 MiB
-GGUF_MAGIC = b"GGUF"
 
 
 class Interruption:
@@ -134,13 +133,13 @@ async def receive_body(
             if limits.length is not None and position + len(chunk) > limits.length:
                 chunk = chunk[: limits.length - position]
                 stopped = errors.TooLarge("the request body goes past Upload-Length; the excess was discarded")
-            if limits.check_magic and position < len(GGUF_MAGIC):
+            if limits.check_magic and position < len(gguf.MAGIC):
                 magic_pending += chunk
-                needed = len(GGUF_MAGIC) - limits.start
+                needed = len(gguf.MAGIC) - limits.start
                 if len(magic_pending) < needed:
                     position += len(chunk)
                     continue
-                if magic_pending[:needed] != GGUF_MAGIC[limits.start:]:
+                if magic_pending[:needed] != gguf.MAGIC[limits.start:]:
                     magic_pending = b""
                     raise errors.NotGGUF()
                 chunk, magic_pending = magic_pending, b""
@@ -168,7 +167,7 @@ async def receive_body(
     finally:
         watchdog.cancel()
     if magic_pending:  # the body ended before the magic was complete
-        if GGUF_MAGIC[limits.start:].startswith(magic_pending):
+        if gguf.MAGIC[limits.start:].startswith(magic_pending):
             batch.insert(0, magic_pending)  # an honest prefix of the magic: keep it
         elif stopped is None:
             stopped = errors.NotGGUF()
