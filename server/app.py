@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -118,29 +117,26 @@ def create_app(settings: Settings) -> Starlette:
             return await endpoint(request)
         return guarded
 
-    async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(None, lambda: function(*args))
-
     async def api_config(request: Request) -> Response:
         return JSONResponse({"auth_required": parts.admission.auth_required, "max_size": settings.max_size,
                              "tus_endpoint": BASE_PATH, "version": VERSION,
                              "checksum_algorithms": list(tus.CHECKSUM_ALGORITHMS)})
 
     async def api_upload(request: Request) -> Response:
-        return JSONResponse(await in_thread(upload_status, parts.store, request.path_params["upload_id"]))
+        return JSONResponse(await asyncio.to_thread(upload_status, parts.store, request.path_params["upload_id"]))
 
     async def api_models(request: Request) -> Response:
-        return JSONResponse(await in_thread(parts.catalog.listing))
+        return JSONResponse(await asyncio.to_thread(parts.catalog.listing))
 
     async def api_model(request: Request) -> Response:
-        return JSONResponse(await in_thread(parts.catalog.describe, request.path_params["name"]))
+        return JSONResponse(await asyncio.to_thread(parts.catalog.describe, request.path_params["name"]))
 
     async def api_verify(request: Request) -> Response:
         with_sha256 = request.query_params.get("sha256", "") in ("1", "true", "yes")
-        return JSONResponse(await in_thread(parts.catalog.verify, request.path_params["name"], with_sha256))
+        return JSONResponse(await asyncio.to_thread(parts.catalog.verify, request.path_params["name"], with_sha256))
 
     async def api_delete_model(request: Request) -> Response:
-        removed = await in_thread(parts.catalog.delete, request.path_params["name"])
+        removed = await asyncio.to_thread(parts.catalog.delete, request.path_params["name"])
         log.info("deleted model=%s", removed)
         return JSONResponse({"deleted": removed})
 
@@ -148,12 +144,12 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        problems = await in_thread(readiness_problems, parts)
+        problems = await asyncio.to_thread(readiness_problems, parts)
         body = {"status": "ready" if not problems else "not ready", "problems": problems}
         return JSONResponse(body, status_code=200 if not problems else 503)
 
     async def metrics(request: Request) -> Response:
-        body = await in_thread(generate_latest, parts.metrics.registry)
+        body = await asyncio.to_thread(generate_latest, parts.metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     routes: list[Route | Mount] = [
@@ -262,37 +258,33 @@ class RequestMetrics:
 
 async def recover(parts: Components) -> None:
     """At start: reconcile what a crash left, resume interrupted assemblies, resubmit finished uploads."""
-    loop = asyncio.get_running_loop()
-    report = await loop.run_in_executor(None, parts.store.reconcile)
+    report = await asyncio.to_thread(parts.store.reconcile)
     log.info("reconciled staging: %s", report.summary())
     for upload_id in report.to_assemble:
         try:
-            info = await loop.run_in_executor(None, parts.store.load, upload_id)
-            part_infos = [await loop.run_in_executor(None, parts.store.load, part) for part in info.parts]
-            await loop.run_in_executor(None, copy_parts, parts.store, info, part_infos)
+            info = await asyncio.to_thread(parts.store.load, upload_id)
+            part_infos = [await asyncio.to_thread(parts.store.load, part) for part in info.parts]
+            await asyncio.to_thread(copy_parts, parts.store, info, part_infos)
             report.to_finalize.append(upload_id)
         except Exception as exc:
             log.warning("upload=%s: could not resume concatenation: %s", upload_id, exc)
-            record_failure = functools.partial(parts.store.write_status, upload_id, state="failed",
-                                               reason=f"the concatenation could not be finished: {exc}")
-            await loop.run_in_executor(None, record_failure)
+            await asyncio.to_thread(parts.store.write_status, upload_id, state="failed",
+                                    reason=f"the concatenation could not be finished: {exc}")
     if report.to_finalize and parts.finalizer is not None:
-        await loop.run_in_executor(None, requeue_stuck, parts.store, parts.finalizer, parts.locks, report.to_finalize)
+        await asyncio.to_thread(requeue_stuck, parts.store, parts.finalizer, parts.locks, report.to_finalize)
 
 
 async def maintain(parts: Components) -> None:
     """Every so often: expire abandoned uploads, requeue finished ones nobody is finalizing."""
-    loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(parts.settings.maintenance_interval)
         try:
-            swept = await loop.run_in_executor(None, parts.store.sweep, parts.settings.expire_after)
+            swept = await asyncio.to_thread(parts.store.sweep, parts.settings.expire_after)
             if swept:
                 log.info("expired %d uploads: %s", len(swept), " ".join(swept))
             if parts.finalizer is not None:
-                requeue = functools.partial(requeue_stuck, parts.store, parts.finalizer, parts.locks,
-                                            stale_after=parts.settings.stale_after)
-                requeued = await loop.run_in_executor(None, requeue)
+                requeued = await asyncio.to_thread(requeue_stuck, parts.store, parts.finalizer, parts.locks,
+                                                   stale_after=parts.settings.stale_after)
                 if requeued:
                     log.info("requeued for finalize: %s", " ".join(requeued))
         except Exception:

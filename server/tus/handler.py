@@ -59,10 +59,8 @@ class TusHandler:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    async def _io(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args, **kwargs))
-
     def _run(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Starts function in a worker thread now and returns its future (the body pipeline awaits it later)."""
         return asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args))
 
     def _base_url(self, request: Request) -> str:
@@ -89,7 +87,7 @@ class TusHandler:
         self.admission.check_auth(request.headers)
 
     async def _load(self, upload_id: str) -> UploadInfo:
-        return await self._io(self.store.load, upload_id)  # type: ignore[no-any-return]
+        return await asyncio.to_thread(self.store.load, upload_id)  # type: ignore[no-any-return]
 
     # -- OPTIONS --------------------------------------------------------------------------------
 
@@ -118,7 +116,7 @@ class TusHandler:
         needs_name = not is_partial or "filename" in metadata  # a partial is not a model on its own
         filename = tus.validate_filename(metadata.get("filename")) if needs_name else None
         if filename is not None and not is_partial:
-            await self._io(self.admission.check_name_free, filename)
+            await asyncio.to_thread(self.admission.check_name_free, filename)
         if length == 0 and not is_partial:
             raise errors.NotGGUF("an empty file is not a GGUF model")
         body_type = h.get("content-type")
@@ -136,8 +134,8 @@ class TusHandler:
                           concat=concat.kind if concat else None)
         if concat is not None and concat.kind == CONCAT_FINAL:
             return await self._create_final(request, info, concat.parts)
-        await self._io(self.admission.check_capacity, length)
-        info = await self._io(self.store.create, info)
+        await asyncio.to_thread(self.admission.check_capacity, length)
+        info = await asyncio.to_thread(self.store.create, info)
         self.metrics.uploads_created.inc()
         log.info("created upload=%s filename=%s length=%s%s", info.id, filename, length,
                  f" concat={info.concat}" if info.concat else "")
@@ -171,9 +169,9 @@ class TusHandler:
                                   f"{self.settings.max_size} are accepted")
         if length == 0:
             raise errors.NotGGUF("an empty file is not a GGUF model")
-        await self._io(self.admission.check_capacity, length)
+        await asyncio.to_thread(self.admission.check_capacity, length)
         info = dataclasses.replace(info, length=length, parts=tuple(part_ids))
-        await self._io(assemble_final, self.store, info, parts)
+        await asyncio.to_thread(assemble_final, self.store, info, parts)
         info = await self._load(info.id)
         self.metrics.uploads_created.inc()
         log.info("created final upload=%s filename=%s length=%s parts=%d", info.id, info.filename, length, len(parts))
@@ -186,7 +184,7 @@ class TusHandler:
     async def head(self, request: Request) -> Response:
         self._check_common(request)
         upload_id = request.path_params["upload_id"]
-        info = await self._io(self._durable_snapshot, upload_id)
+        info = await asyncio.to_thread(self._durable_snapshot, upload_id)
         if info is None:
             # a stale PATCH holds this upload: ask it to save and let go, so the offset we report is durable
             async with await self._lock(upload_id):
@@ -269,8 +267,8 @@ class TusHandler:
             raise errors.TooLarge(f"Upload-Length {length} is above this server's limit of {self.settings.max_size}")
         if length < info.offset:
             raise errors.InvalidHeader(f"Upload-Length {length} is less than the {info.offset} bytes already received")
-        await self._io(self.admission.check_space, length - info.offset)
-        return await self._io(self.store.declare_length, info, length)  # type: ignore[no-any-return]
+        await asyncio.to_thread(self.admission.check_space, length - info.offset)
+        return await asyncio.to_thread(self.store.declare_length, info, length)  # type: ignore[no-any-return]
 
     async def _write_body(self, request: Request, info: UploadInfo, lock: Any,
                           checksum: tus.Checksum | None = None) -> UploadInfo:
@@ -281,9 +279,9 @@ class TusHandler:
             previous.interrupt("a newer request took over this upload")
         self.active[info.id] = interruption
         lock.on_release_requested = lambda: interruption.interrupt("another request asked for this upload")
-        writer = await self._io(self.store.open_writer, info, self.settings.sync_interval)
+        writer = await asyncio.to_thread(self.store.open_writer, info, self.settings.sync_interval)
         if checksum is not None:
-            await self._io(self._mark_pending, info.id, info.offset)
+            await asyncio.to_thread(self._mark_pending, info.id, info.offset)
         # a deferred length is bounded by Tus-Max-Size until the client declares it
         limit = info.length if info.length is not None else self.settings.max_size
         limits = BodyLimits(start=info.offset, length=limit, check_magic=not info.is_partial,
@@ -292,9 +290,9 @@ class TusHandler:
         try:
             result = await receive_body(request.stream(), writer, limits, interruption, self._run)
         finally:
-            await self._io(writer.close)
+            await asyncio.to_thread(writer.close)
             if checksum is not None:
-                await self._io(self._clear_pending, info.id)
+                await asyncio.to_thread(self._clear_pending, info.id)
             if self.active.get(info.id) is interruption:
                 del self.active[info.id]
         self.metrics.bytes_received.inc(max(0, result.received))
@@ -304,7 +302,7 @@ class TusHandler:
             await self._completed(info)
         if result.error is not None:
             if isinstance(result.error, errors.NotGGUF):
-                await self._io(self.store.write_status, info.id, state="failed", reason=result.error.message)
+                await asyncio.to_thread(self.store.write_status, info.id, state="failed", reason=result.error.message)
             result.error.headers.setdefault("Upload-Offset", str(result.offset))
             if result.disconnected or interruption.reason:
                 log.info("upload=%s stopped at %d: %s", info.id, result.offset, result.error.message)
@@ -331,9 +329,9 @@ class TusHandler:
             return
         self.metrics.uploads_finished.inc()
         log.info("completed upload=%s filename=%s length=%s", info.id, info.filename, info.length)
-        await self._io(self.store.mark_queued, info)
+        await asyncio.to_thread(self.store.mark_queued, info)
         try:
-            await self._io(self.finalizer.submit, info.id)
+            await asyncio.to_thread(self.finalizer.submit, info.id)
         except Exception as exc:  # Redis down: the requeue loop submits it once Redis is back
             log.warning("upload=%s could not be queued for finalize yet: %s", info.id, exc)
 
@@ -353,11 +351,11 @@ class TusHandler:
         info = await self._load(upload_id)
         async with await self._lock(upload_id):
             info = await self._load(upload_id)
-            status = await self._io(self.store.read_status, upload_id) or {}
+            status = await asyncio.to_thread(self.store.read_status, upload_id) or {}
             if info.is_complete and not info.is_partial and status.get("state") not in TERMINAL_STATES:
                 raise errors.AlreadyInstalled("this upload is complete and being installed; it can no longer be "
                                               "terminated (delete the model afterwards instead)")
-            await self._io(self.store.terminate, upload_id, "this upload was terminated by its client")
+            await asyncio.to_thread(self.store.terminate, upload_id, "this upload was terminated by its client")
         self.metrics.uploads_terminated.inc()
         log.info("terminated upload=%s", upload_id)
         return Response(status_code=204, headers={"Tus-Resumable": tus.TUS_VERSION})
