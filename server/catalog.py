@@ -15,6 +15,7 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,18 @@ def entry_name_is_safe(name: str) -> bool:
     return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..") and not name.startswith(".")
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, on_progress: Callable[[int], None] | None = None) -> str:
+    """One sequential read; the pages read are dropped so hashing a 50 GB file does not fill the cache."""
     digest = hashlib.sha256()
+    done = 0
     with open(path, "rb", buffering=0) as source:
         while block := source.read(_HASH_BLOCK):
             digest.update(block)
+            done += len(block)
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(source.fileno(), 0, done, os.POSIX_FADV_DONTNEED)
+            if on_progress is not None:
+                on_progress(done)
     return digest.hexdigest()
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from server import gguf
-from server.catalog import Catalog, public_facts
+from server.catalog import Catalog, public_facts, sha256_of
 from server.finalizer import finalize_lock_name
 from server.locks import RENEW_EVERY, Held, LockSpace
 from server.settings import Settings
@@ -35,7 +35,6 @@ log = logging.getLogger("modeldrop.finalize")
 MAX_ATTEMPTS = 5
 LOCK_WAIT = 5.0
 PROGRESS_EVERY = 2.0
-_HASH_BLOCK = 8 * 1024 * 1024
 
 
 class Busy(Exception):
@@ -205,19 +204,24 @@ def _sha256(ctx: Context, info: UploadInfo, data: Path) -> str:
     known = ctx.store.digest_if_known(info)
     if known is not None:
         return known
-    digest = hashlib.sha256()
-    done = 0
     last_report = time.monotonic()
-    with open(data, "rb", buffering=0) as source:
-        while block := source.read(_HASH_BLOCK):
-            digest.update(block)
-            done += len(block)
-            if time.monotonic() - last_report > PROGRESS_EVERY and info.length:
-                last_report = time.monotonic()
-                ctx.store.write_status(info.id, progress=round(done / info.length, 4))
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(source.fileno(), 0, done, os.POSIX_FADV_DONTNEED)
-    return digest.hexdigest()
+
+    def report(done: int) -> None:
+        nonlocal last_report
+        if time.monotonic() - last_report > PROGRESS_EVERY and info.length:
+            last_report = time.monotonic()
+            ctx.store.write_status(info.id, progress=round(done / info.length, 4))
+
+    return sha256_of(data, report)
+
+
+def _has_inode(path: Path, inode: list[int] | None) -> bool:
+    """Whether path is the very file recorded before the move (same device and inode)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return False
+    return bool(inode) and [stat.st_dev, stat.st_ino] == inode
 
 
 def _resume_after_move(ctx: Context, info: UploadInfo, status: dict[str, Any],
@@ -227,11 +231,11 @@ def _resume_after_move(ctx: Context, info: UploadInfo, status: dict[str, Any],
     assert info.filename is not None
     if shard is None:
         target = ctx.models_dir / info.filename
-        if inode and target.exists() and [target.stat().st_dev, target.stat().st_ino] == inode:
+        if _has_inode(target, inode):
             return _record_installed(ctx, info, target, info.filename)
         raise Rejected("the upload's data is gone from staging and was not installed")
     published = ctx.models_dir / shard.prefix / info.filename
-    if inode and published.exists() and [published.stat().st_dev, published.stat().st_ino] == inode:
+    if _has_inode(published, inode):
         _record_set_installed(ctx, shard)
         return ctx.store.read_status(info.id) or {}
     staged = ctx.sets_dir / shard.prefix / info.filename
