@@ -22,6 +22,7 @@ import secrets
 import struct
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,7 @@ from server.store import digest
 from server.store.info import QUEUED, TERMINAL_STATES, UPLOAD_ID, UploadInfo
 
 _CHECKPOINT = struct.Struct("<Q")
-_SYNC_FILE_RANGE_WAIT_BEFORE = 1
 _SYNC_FILE_RANGE_WRITE = 2
-_SYNC_FILE_RANGE_WAIT_AFTER = 4
 _WRITEBACK_KICK = 8 * 1024 * 1024  # start writeback every 8 MiB so a sync (or a PATCH's end) has little to wait for
 _MAX_TAIL_REHASH = 1024 * 1024 * 1024  # beyond this, a lost checkpoint is left to the finalizer's full read
 _READ_BLOCK = 8 * 1024 * 1024
@@ -237,8 +236,8 @@ class FileStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def open_writer(self, info: UploadInfo, sync_interval: int) -> UploadWriter:
-        return UploadWriter(self, info, sync_interval)
+    def open_writer(self, info: UploadInfo, sync_interval: int, hash_pool: Executor | None = None) -> UploadWriter:
+        return UploadWriter(self, info, sync_interval, hash_pool)
 
     # -- maintenance ------------------------------------------------------------------------------
 
@@ -364,14 +363,18 @@ class UploadWriter:
 
     Keeps a running sha256 of the whole file (resumed from the last checkpoint) and syncs every
     `sync_interval` bytes: fdatasync, then drop the synced pages from the page cache so a huge upload
-    does not evict the model llama-server has mapped, then checkpoint the hash.
+    does not evict the model llama-server has mapped, then checkpoint the hash. Given a hash_pool, each
+    batch is hashed there while it is being written: hashing and copying into the page cache each take
+    a core, so one upload runs at the speed of the slower of the two rather than of their sum.
     """
 
-    def __init__(self, store: FileStore, info: UploadInfo, sync_interval: int) -> None:
+    def __init__(self, store: FileStore, info: UploadInfo, sync_interval: int,
+                 hash_pool: Executor | None = None) -> None:
         self.store = store
         self.info = info
         self.paths = store.paths(info.id)
         self.sync_interval = sync_interval
+        self.hash_pool = hash_pool
         self.fd = os.open(self.paths.data, os.O_WRONLY)
         self.offset = os.fstat(self.fd).st_size
         self.synced_offset = self.offset
@@ -404,6 +407,46 @@ class UploadWriter:
 
     def write(self, chunks: Sequence[bytes]) -> int:
         """Writes chunks at the end of the file; returns the new offset."""
+        hasher = self.hasher
+        hashing = None
+        if hasher is not None and self.hash_pool is not None:
+            state_before = hasher.state()
+            hashing = self.hash_pool.submit(_hash_chunks, hasher, chunks)
+        try:
+            position = self._append(chunks)
+        except BaseException:
+            if hashing is not None:
+                hashing.result()  # the hasher must stop moving before it is put back to the file's end
+                self.hasher = digest.ResumableSha256(state_before)
+            raise
+        if hashing is not None:
+            hashing.result()
+        elif hasher is not None:
+            _hash_chunks(hasher, chunks)
+        self.offset = position
+        if self.offset - self.kicked_offset >= _WRITEBACK_KICK:
+            # in both modes: dirty pages piling up make the kernel throttle this writer (measured: without
+            # it --no-fsync ran at 0.57x the speed of fsync on), and a later sync finds little left to do
+            _libc.sync_file_range(self.fd, self.kicked_offset, self.offset - self.kicked_offset,
+                                  _SYNC_FILE_RANGE_WRITE)
+            self.kicked_offset = self.offset
+        return self.offset
+
+    def sync_due(self) -> bool:
+        return self.offset - self.synced_offset >= self.sync_interval
+
+    def sync_interval_step(self) -> int:
+        """Every sync_interval bytes: sync (--no-fsync: let go of the written pages); returns the offset.
+
+        Separate from write() so the few threads that write bodies never wait on the disk for a sync.
+        """
+        if self.store.durable:
+            return self.sync()
+        self._release_written()
+        return self.offset
+
+    def _append(self, chunks: Sequence[bytes]) -> int:
+        """pwritev at the end of the file until every byte is in; returns the position after them."""
         views = [memoryview(chunk) for chunk in chunks if chunk]
         position = self.offset
         while views:
@@ -414,33 +457,16 @@ class UploadWriter:
                 views.pop(0)
             if written:
                 views[0] = views[0][written:]
-        if self.hasher is not None:
-            for chunk in chunks:
-                self.hasher.update(chunk)
-        self.offset = position
-        if self.offset - self.kicked_offset >= _WRITEBACK_KICK:
-            # in both modes: dirty pages piling up make the kernel throttle this writer (measured: without
-            # it --no-fsync ran at 0.57x the speed of fsync on), and a later sync finds little left to do
-            _libc.sync_file_range(self.fd, self.kicked_offset, self.offset - self.kicked_offset,
-                                  _SYNC_FILE_RANGE_WRITE)
-            self.kicked_offset = self.offset
-        if self.offset - self.synced_offset >= self.sync_interval:
-            if self.store.durable:
-                self.sync()
-            else:
-                self._release_written()
-        return self.offset
+        return position
 
     def _release_written(self) -> None:
-        """--no-fsync: wait for the writeback already started and drop those pages, promising nothing.
+        """--no-fsync: start writeback of what is still dirty and drop the pages already written back.
 
-        Durable or not, a huge upload must neither fill the page cache (evicting the model llama-server
-        has mapped) nor stall in dirty-page throttling.
+        Without waiting for the disk: the mode promises nothing durable, so it runs at the network's
+        speed, not the disk's. Yet a huge upload must not fill the page cache (evicting the model
+        llama-server has mapped), so what the disk has taken is let go as the upload goes.
         """
-        start, count = self.synced_offset, self.offset - self.synced_offset
-        _libc.sync_file_range(self.fd, start, count,
-                              _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER)
-        os.posix_fadvise(self.fd, start, count, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(self.fd, 0, self.offset, os.POSIX_FADV_DONTNEED)
         self.synced_offset = self.offset
 
     def sync(self) -> int:
@@ -449,9 +475,7 @@ class UploadWriter:
             os.fdatasync(self.fd)
             os.posix_fadvise(self.fd, 0, self.offset, os.POSIX_FADV_DONTNEED)
         elif not self.store.durable:
-            # --no-fsync, at the end of a request: start writeback and drop what is already clean, without
-            # waiting; PATCHes shorter than the sync interval would otherwise never let go of their pages
-            os.posix_fadvise(self.fd, 0, self.offset, os.POSIX_FADV_DONTNEED)
+            self._release_written()  # also at a request's end: short PATCHes never reach the sync interval
         self.synced_offset = self.offset
         if self.hasher is not None:
             self.store.save_checkpoint(self.info.id, self.offset, self.hasher.state())
@@ -471,6 +495,11 @@ class UploadWriter:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _hash_chunks(hasher: digest.ResumableSha256, chunks: Sequence[bytes]) -> None:
+    for chunk in chunks:
+        hasher.update(chunk)
 
 
 def _read_int(path: Path) -> int | None:

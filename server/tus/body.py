@@ -14,6 +14,7 @@ import dataclasses
 import errno
 import hashlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from starlette.requests import ClientDisconnect
 
@@ -77,9 +78,10 @@ async def receive_body(
     writer: UploadWriter,
     limits: BodyLimits,
     interruption: Interruption,
-    run: Callable[..., asyncio.Future[object]],
+    run: Callable[..., asyncio.Future[Any]],
 ) -> BodyResult:
-    """Streams the body into writer; `run(fn, *args)` runs fn in a worker thread."""
+    """Streams the body into writer; `run(fn, *args)` runs fn in one of the body-writing threads, which
+    only ever write and hash: syncs and everything else wait on the disk in the default executor."""
     loop = asyncio.get_running_loop()
     last_activity = loop.time()
     request_hash = hashlib.new(limits.checksum[0]) if limits.checksum else None
@@ -88,21 +90,27 @@ async def receive_body(
     batch: list[bytes] = []
     batch_bytes = 0
     magic_pending = b""              # the first bytes of the file, held until the magic is confirmed
-    in_flight: asyncio.Future[object] | None = None
+    in_flight: asyncio.Future[Any] | None = None
     stopped: errors.HTTPError | None = None
     disconnected = False
     write_failed: OSError | None = None
     # a smaller --sync-interval must not wait for a full batch: bytes still in a batch die with the process
     batch_limit = min(BATCH_BYTES, writer.sync_interval)
 
-    def write_batch(chunks: list[bytes]) -> object:
+    def write_batch(chunks: list[bytes]) -> int:
         offset = writer.write(chunks)
         if request_hash is not None:
             for chunk in chunks:
                 request_hash.update(chunk)
         return offset
 
-    async def settle(work: asyncio.Future[object]) -> object:
+    async def store_batch(chunks: list[bytes]) -> int:
+        offset = await run(write_batch, chunks)
+        if writer.sync_due():
+            offset = await asyncio.to_thread(writer.sync_interval_step)
+        return int(offset)
+
+    async def settle(work: asyncio.Future[Any]) -> Any:
         """Waits for work running in a thread even if interrupted meanwhile: the thread goes on writing,
         so the file must not be closed, the lock released or an offset reported before it ends."""
         while True:
@@ -117,7 +125,7 @@ async def receive_body(
         nonlocal in_flight
         if in_flight is not None:
             await asyncio.shield(in_flight)  # cancelled here, the write goes on: see settle()
-        in_flight = run(write_batch, chunks)
+        in_flight = asyncio.ensure_future(store_batch(chunks))
 
     async def watch_idle() -> None:
         while True:
@@ -178,26 +186,32 @@ async def receive_body(
             await settle(in_flight)
             in_flight = None
         if batch:
-            await settle(run(write_batch, batch))
+            await settle(asyncio.ensure_future(store_batch(batch)))
         if request_hash is not None and limits.checksum is not None:
             complete = stopped is None and not disconnected
             if not complete or request_hash.digest() != limits.checksum[1]:
-                await settle(run(writer.rollback, limits.start, hash_at_start))
+                await settle(off_loop(writer.rollback, limits.start, hash_at_start))
                 if complete:
                     stopped = errors.ChecksumMismatch()
-        offset = await settle(run(writer.sync))
+        offset = await settle(off_loop(writer.sync))
     except OSError as exc:
         with contextlib.suppress(Exception):
             if in_flight is not None:
                 await settle(in_flight)
         if limits.checksum is not None:  # the digest covers the whole request, which never arrived
-            offset = await settle(run(_roll_back_request, writer, limits.start, hash_at_start))
+            offset = await settle(off_loop(_roll_back_request, writer, limits.start, hash_at_start))
         else:
-            offset = await settle(run(_recover_offset, writer))
+            offset = await settle(off_loop(_recover_offset, writer))
         stopped = _storage_error(exc)
     interruption.disarm()  # the body is stored: what comes after (answer, unlock) must not be cut short
-    return BodyResult(offset=int(offset), received=int(offset) - limits.start, error=stopped,  # type: ignore[call-overload]
+    return BodyResult(offset=int(offset), received=int(offset) - limits.start, error=stopped,
                       disconnected=disconnected)
+
+
+def off_loop(function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """Runs function in a thread as a task of its own: an interruption of the request cannot cancel it, and
+    settle() waits for it to end."""
+    return asyncio.ensure_future(asyncio.to_thread(function, *args))
 
 
 def _recover_offset(writer: UploadWriter) -> int:

@@ -3,6 +3,7 @@ checksum rollback, crash reconcile, expiry sweep."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -118,6 +119,43 @@ def test_store_rollback_cuts_the_chunk_and_restores_the_hash(store: FileStore) -
     if digest.available():
         write(store, info, b"wxyz")
         assert store.digest_if_known(store.load(info.id)) == hashlib.sha256(b"GGUF12345678abcdwxyz").hexdigest()
+
+
+@pytest.mark.skipif(not digest.available(), reason="libcrypto not loadable")
+def test_store_hashing_alongside_the_write_gives_the_same_digest(store: FileStore) -> None:
+    data = os.urandom(5 * MIB + 3)
+    info = new_upload(store, length=len(data))
+    with concurrent.futures.ThreadPoolExecutor(1) as hash_pool:
+        writer = store.open_writer(store.load(info.id), 2 * MIB, hash_pool)
+        chunks = [data[start:start + 300_000] for start in range(0, len(data), 300_000)]
+        for start in range(0, len(chunks), 4):
+            writer.write(chunks[start:start + 4])
+            if writer.sync_due():
+                writer.sync_interval_step()
+                assert store.load_checkpoint(info.id) == (writer.offset, writer.hash_state())
+        writer.sync()
+        writer.close()
+    assert store.paths(info.id).data.read_bytes() == data
+    assert store.digest_if_known(store.load(info.id)) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.skipif(not digest.available(), reason="libcrypto not loadable")
+def test_store_a_failed_write_puts_the_hash_alongside_back(store: FileStore) -> None:
+    """The hash runs while pwritev does; if the write fails, the digest must not count the lost bytes."""
+    info = new_upload(store, length=20)
+    write(store, info, b"GGUF1234")
+    with concurrent.futures.ThreadPoolExecutor(1) as hash_pool:
+        writer = store.open_writer(store.load(info.id), MIB, hash_pool)
+        good_fd, writer.fd = writer.fd, os.open(store.paths(info.id).data, os.O_RDONLY)
+        with pytest.raises(OSError):
+            writer.write([b"lost", b"bytes"])
+        os.close(writer.fd)
+        writer.fd = good_fd
+        writer.write([b"5678abcdwxyz"])
+        writer.sync()
+        writer.close()
+    assert store.paths(info.id).data.read_bytes() == b"GGUF12345678abcdwxyz"
+    assert store.digest_if_known(store.load(info.id)) == hashlib.sha256(b"GGUF12345678abcdwxyz").hexdigest()
 
 
 def test_store_reconcile_rolls_back_a_pending_checksum_request(store: FileStore) -> None:
