@@ -200,6 +200,7 @@ def create_app(settings: Settings) -> Starlette:
                 await maintenance
             if parts.finalizer is not None:
                 parts.finalizer.close()
+            handler.close()
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={errors.HTTPError: http_error, Exception: internal_error})

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 from tests.ggufgen import write_split_set
@@ -84,3 +88,21 @@ def test_head_on_a_shard_waiting_for_its_set_reports_complete(client: TusClient,
     assert response.status_code == 200
     assert response.headers["Upload-Offset"] == str(len(data))
     assert client.patch(location, b"", len(data)).status_code == 204
+
+
+def test_head_from_memory_follows_changes_made_by_another_server(start_server: Callable[..., ServerProcess],
+                                                                   tmp_path: Path) -> None:
+    """HEAD keeps the record it read (server/store/cache.py): a PATCH or DELETE through another process on
+    the same staging directory must show in the very next HEAD here, never the kept offset."""
+    here = start_server(data_dir=tmp_path / "shared", fsync=False)
+    there = start_server(data_dir=tmp_path / "shared", fsync=False)
+    a, b = TusClient(here.url), TusClient(there.url)
+    path = urllib.parse.urlsplit(a.location(len(MODEL))).path
+    step = len(MODEL) // 4
+    for offset in range(0, 3 * step, step):
+        assert a.offset(path) == offset
+        assert a.offset(path) == offset  # the second answer comes from memory
+        assert b.patch(path, MODEL[offset:offset + step], offset).status_code == 204
+    assert a.offset(path) == 3 * step
+    assert b.delete(path).status_code == 204
+    assert_error(a.head(path), 410)
