@@ -8,7 +8,6 @@ falls back to link + unlink (link also refuses an existing name).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import json
 import os
@@ -18,12 +17,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from server.libc import libc
 from server.store.filestore import fsync_directory
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_renameat2 = getattr(_libc, "renameat2", None)
+_renameat2 = getattr(libc, "renameat2", None)
 if _renameat2 is not None:
     _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 

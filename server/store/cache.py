@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import ctypes
-import ctypes.util
 import logging
 import os
 import struct
 from pathlib import Path
 
+from server.libc import libc
 from server.store.info import UploadInfo
 
 log = logging.getLogger("modeldrop.store")
@@ -48,7 +48,6 @@ class UploadCache:
         self.uploads_dir = Path(uploads_dir)
         self.enabled = enabled
         self.max_entries = max_entries
-        self.hits = 0
         self._records: collections.OrderedDict[str, UploadInfo] = collections.OrderedDict()
         self._touched: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._changes = 0          # count of change reports drained so far
@@ -57,10 +56,7 @@ class UploadCache:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def get(self, upload_id: str) -> UploadInfo | None:
-        info = self._records.get(upload_id)
-        if info is not None:
-            self.hits += 1
-        return info
+        return self._records.get(upload_id)
 
     def token(self) -> int:
         """Taken before a read; -1 when reads cannot be kept (the watch must predate the read)."""
@@ -139,15 +135,12 @@ class UploadCache:
             self.close()
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
 def _inotify_watch(directory: Path) -> int:
-    fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
     if fd < 0:
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error))
-    if _libc.inotify_add_watch(fd, os.fsencode(directory), _WATCH_MASK) < 0:
+    if libc.inotify_add_watch(fd, os.fsencode(directory), _WATCH_MASK) < 0:
         error = ctypes.get_errno()
         os.close(fd)
         raise OSError(error, os.strerror(error))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import dataclasses
 import json
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from server import errors
+from server.libc import libc
 from server.store import digest
 from server.store.info import QUEUED, TERMINAL_STATES, UPLOAD_ID, UploadInfo
 
@@ -37,8 +37,7 @@ _MAX_TAIL_REHASH = 1024 * 1024 * 1024  # beyond this, a lost checkpoint is left 
 _READ_BLOCK = 8 * 1024 * 1024
 UNSTARTED_GRACE = 600.0  # seconds an upload with no bytes yet keeps its disk reservation
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 
 
 def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
@@ -427,7 +426,7 @@ class UploadWriter:
         if self.offset - self.kicked_offset >= _WRITEBACK_KICK:
             # in both modes: dirty pages piling up make the kernel throttle this writer (measured: without
             # it --no-fsync ran at 0.57x the speed of fsync on), and a later sync finds little left to do
-            _libc.sync_file_range(self.fd, self.kicked_offset, self.offset - self.kicked_offset,
+            libc.sync_file_range(self.fd, self.kicked_offset, self.offset - self.kicked_offset,
                                   _SYNC_FILE_RANGE_WRITE)
             self.kicked_offset = self.offset
         return self.offset
