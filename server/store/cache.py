@@ -1,10 +1,9 @@
 """Upload records kept in memory, so HEAD can answer without leaving the event loop.
 
 HEAD is what every resuming client waits on, and under load each trip to a worker thread costs tens of
-milliseconds of GIL and scheduler waits (bench/: 60 ms at p99 with 16 uploads running, against 15 ms
-without the trip). So the record HEAD last read for an upload is kept, and dropped the moment any
-process changes any of that upload's files: inotify on the uploads directory reports each change on the
-loop. A record is only kept if nothing touched its upload since before it was read.
+milliseconds of GIL and scheduler waits. So the record HEAD last read for an upload is kept, and dropped
+the moment any process changes any of that upload's files: inotify on the uploads directory reports
+each change on the loop. A record is only kept if nothing touched its upload since before it was read.
 
 Only sound where every writer's changes reach this host's inotify, that is with host-local locks. With
 Redis locks, servers on other hosts may share the staging volume and their changes are not reported, so

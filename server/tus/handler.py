@@ -54,8 +54,8 @@ class TusHandler:
         self.shutting_down = False
         # Bodies are written by a few threads and hashed alongside by as many (half the cores each), not
         # by a thread per upload: with 16 uploads, 16 threads each taking the GIL back after every write
-        # held a HEAD up for 160 ms at p99; one of each on 2 cores: 16 ms (bench/). Syncs, which only
-        # wait on the disk, run in the default executor so they never hold up another upload's writes.
+        # held a HEAD up for 161 ms at p99 (bench/results/2026-11-24.md). Syncs, which only wait on the
+        # disk, run in the default executor so they never hold up another upload's writes.
         threads = max(1, (os.cpu_count() or 2) // 2)
         self.write_pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="modeldrop-write")
         self.hash_pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="modeldrop-hash")
