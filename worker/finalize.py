@@ -182,8 +182,7 @@ def _verify(ctx: Context, info: UploadInfo, data: Path) -> gguf.GGUFFacts:
     if size != info.length:
         raise Rejected(f"size mismatch: {size} bytes were stored but Upload-Length was {info.length}")
     try:
-        facts = gguf.read_facts(data, size)
-        gguf.check_complete(facts, size)
+        facts = gguf.verify_file(data, size)
     except gguf.GGUFError as exc:
         raise Rejected(exc.reason) from None
     if facts.architecture is None and facts.split_no in (None, 0):

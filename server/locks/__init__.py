@@ -74,17 +74,13 @@ class LockSpace:
         with contextlib.suppress(FileNotFoundError):
             self.stop_path(name).unlink()
 
-    def acquire_blocking(self, name: str, timeout: float, ask_holder: bool = False) -> Held | None:
+    def acquire_blocking(self, name: str, timeout: float) -> Held | None:
         """For sync callers (the finalize worker): polls until the lock is free or timeout passes."""
         deadline = time.monotonic() + timeout
-        asked = False
         while True:
             held = self.try_acquire(name)
             if held is not None:
                 return held
-            if ask_holder and not asked:
-                self.request_release(name)
-                asked = True
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)

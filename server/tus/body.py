@@ -199,9 +199,9 @@ async def receive_body(
             if in_flight is not None:
                 await settle(in_flight)
         if limits.checksum is not None:  # the digest covers the whole request, which never arrived
-            offset = await settle(off_loop(_roll_back_request, writer, limits.start, hash_at_start))
-        else:
-            offset = await settle(off_loop(_recover_offset, writer))
+            offset = await settle(off_loop(_roll_back, writer, limits.start, hash_at_start))
+        else:  # the file keeps only whole batches, so the running hash still matches it
+            offset = await settle(off_loop(_roll_back, writer, writer.offset, writer.hash_state()))
         stopped = _storage_error(exc)
     interruption.disarm()  # the body is stored: what comes after (answer, unlock) must not be cut short
     return BodyResult(offset=int(offset), received=int(offset) - limits.start, error=stopped,
@@ -214,15 +214,10 @@ def off_loop(function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
     return asyncio.ensure_future(asyncio.to_thread(function, *args))
 
 
-def _recover_offset(writer: UploadWriter) -> int:
-    """After a failed write: the file keeps only whole batches, so the running hash still matches it."""
-    writer.rollback(writer.offset, writer.hash_state())
-    return writer.sync()
-
-
-def _roll_back_request(writer: UploadWriter, start: int, hash_at_start: bytes | None) -> int:
-    """After a failed write in a request with Upload-Checksum: none of its bytes can be verified."""
-    writer.rollback(start, hash_at_start)
+def _roll_back(writer: UploadWriter, offset: int, hash_state: bytes | None) -> int:
+    """After a failed write: back to offset (with Upload-Checksum, the request's start: none of its bytes
+    can be verified) and synced; returns the offset."""
+    writer.rollback(offset, hash_state)
     return writer.sync()
 
 

@@ -11,6 +11,7 @@ import unicodedata
 from collections.abc import Mapping
 
 from server import errors
+from server.store.info import UPLOAD_ID
 
 TUS_VERSION = "1.0.0"
 PATCH_CONTENT_TYPE = "application/offset+octet-stream"
@@ -183,7 +184,7 @@ def upload_id_from_url(url: str, base_path: str) -> str | None:
     if not path.startswith(base_path):
         return None
     candidate = path[len(base_path):]
-    return candidate if re.fullmatch(r"[0-9a-f]{32}", candidate) else None
+    return candidate if UPLOAD_ID.fullmatch(candidate) else None
 
 
 def parse_forwarded(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
