@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Mapping
 from typing import Any
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -33,7 +32,6 @@ class UploadInfo:
     length: int | None
     # the header exactly as the client sent it, echoed by HEAD (tus: "as sent")
     metadata_header: str = ""
-    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # validated at creation; None only for concatenation partials, which are not models on their own
     filename: str | None = None
     # the client's expected digest of the whole file (lowercase hex), checked at finalize
@@ -64,7 +62,6 @@ class UploadInfo:
             "id": self.id,
             "length": self.length,
             "metadata_header": self.metadata_header,
-            "metadata": dict(self.metadata),
             "filename": self.filename,
             "sha256_expected": self.sha256_expected,
             "created_at": self.created_at,
@@ -80,7 +77,6 @@ class UploadInfo:
             id=str(record["id"]),
             length=None if record.get("length") is None else int(record["length"]),
             metadata_header=str(record.get("metadata_header", "")),
-            metadata={str(k): str(v) for k, v in dict(record.get("metadata") or {}).items()},
             filename=record.get("filename"),
             sha256_expected=record.get("sha256_expected"),
             created_at=float(record.get("created_at", 0.0)),

@@ -141,7 +141,7 @@ class TusHandler:
                                       f"{body_limit}")
 
         info = UploadInfo(id=self.store.new_id(), length=length, metadata_header=h.get("upload-metadata", ""),
-                          metadata=metadata, filename=filename, sha256_expected=sha256, created_at=time.time(),
+                          filename=filename, sha256_expected=sha256, created_at=time.time(),
                           concat=concat.kind if concat else None)
         if concat is not None and concat.kind == CONCAT_FINAL:
             return await self._create_final(request, info, concat.parts)
@@ -182,8 +182,7 @@ class TusHandler:
             raise errors.NotGGUF("an empty file is not a GGUF model")
         await asyncio.to_thread(self.admission.check_capacity, length)
         info = dataclasses.replace(info, length=length, parts=tuple(part_ids))
-        await asyncio.to_thread(assemble_final, self.store, info, parts)
-        info = await self._load(info.id)
+        info = await asyncio.to_thread(assemble_final, self.store, info, parts)
         self.metrics.uploads_created.inc()
         log.info("created final upload=%s filename=%s length=%s parts=%d", info.id, info.filename, length, len(parts))
         await self._completed(info)
@@ -347,7 +346,8 @@ class TusHandler:
             return
         self.metrics.uploads_finished.inc()
         log.info("completed upload=%s filename=%s length=%s", info.id, info.filename, info.length)
-        await asyncio.to_thread(self.store.mark_queued, info)
+        if not info.is_final:  # assembling a final already marked it queued
+            await asyncio.to_thread(self.store.mark_queued, info)
         try:
             await asyncio.to_thread(self.finalizer.submit, info.id)
         except Exception as exc:  # Redis down: the requeue loop submits it once Redis is back
