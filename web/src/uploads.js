@@ -6,7 +6,7 @@ import GoldenRetriever from '@uppy/golden-retriever'
 import Tus from '@uppy/tus'
 import { confirmAction } from './dialogs.js'
 import { Finalizer, isTerminal, statusPathFor } from './finalize.js'
-import { messageFromBody, sentence, token } from './lib/api.js'
+import { authHeaders, messageFromBody, sentence } from './lib/api.js'
 import { $, h, icon, setText, show } from './lib/dom.js'
 import { formatBytes, formatCount, formatDuration, formatParams, formatRate, shortHash } from './lib/format.js'
 import { initChunkSize } from './settings.js'
@@ -160,8 +160,7 @@ export function initUploads({ config, auth, onInstalled }) {
     removeFingerprintOnSuccess: false,
     allowedMetaFields: BASE_META,
     onBeforeRequest(req) {
-      const value = token.get()
-      if (value) req.setHeader('Authorization', `Bearer ${value}`)
+      for (const [name, value] of Object.entries(authHeaders())) req.setHeader(name, value)
     },
   })
 
