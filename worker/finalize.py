@@ -307,7 +307,7 @@ def _publish_set(ctx: Context, shard: gguf.ShardName, set_dir: Path, members: di
                 raise gguf.GGUFError(f"{path.name} does not belong to the split set {shard.prefix!r}")
             shards.append((name, gguf.verify_file(path)))
         gguf.check_split_set(shards)
-        publish(set_dir, ctx.models_dir / shard.prefix, overwrite=False)
+        publish(set_dir, ctx.models_dir / shard.prefix, overwrite=ctx.settings.allow_overwrite)
     except (gguf.GGUFError, NameTaken) as exc:
         reason = (exc.reason if isinstance(exc, gguf.GGUFError)
                   else f"a model named {shard.prefix!r} is already installed; the split set was not installed")

@@ -3,6 +3,9 @@
 `renameat2(RENAME_NOREPLACE)` moves an entry in one step and fails if the name is taken, so a
 concurrent install or a file placed by hand is never overwritten. Where the filesystem lacks it, a file
 falls back to link + unlink (link also refuses an existing name).
+
+With `--allow-overwrite` a file replaces the installed one by rename; a split set's folder cannot be
+renamed over a non-empty folder, so it is swapped with it (`RENAME_EXCHANGE`) and the old one deleted.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import ctypes
 import errno
 import json
 import os
+import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,6 +26,7 @@ from server.store.filestore import fsync_directory
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 _renameat2 = getattr(libc, "renameat2", None)
 if _renameat2 is not None:
     _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
@@ -31,12 +36,19 @@ class NameTaken(Exception):
     """The target name exists in the models directory."""
 
 
+def _rename_flags(source: Path, target: Path, flags: int) -> int:
+    """renameat2's errno, 0 when it moved the entry."""
+    assert _renameat2 is not None
+    if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
 def rename_noreplace(source: Path, target: Path) -> None:
     if _renameat2 is not None:
-        result = _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE)
-        if result == 0:
+        code = _rename_flags(source, target, _RENAME_NOREPLACE)
+        if code == 0:
             return
-        code = ctypes.get_errno()
         if code == errno.EEXIST:
             raise NameTaken(str(target))
         if code not in (errno.EINVAL, errno.ENOSYS):
@@ -55,11 +67,43 @@ def rename_noreplace(source: Path, target: Path) -> None:
 
 def publish(source: Path, target: Path, overwrite: bool) -> None:
     """Moves source to target in one step, then makes the directory entry durable."""
-    if overwrite and not source.is_dir():
+    swapped = False
+    if not overwrite:
+        rename_noreplace(source, target)
+    elif not source.is_dir():
         os.replace(source, target)
     else:
-        rename_noreplace(source, target)
+        swapped = _swap_folder(source, target)
     fsync_directory(target.parent)
+    if swapped:  # only once the new entry is durable: a power cut must not bring back a half-deleted folder
+        _remove_entry(source)
+
+
+def _swap_folder(source: Path, target: Path) -> bool:
+    """Readers see the old folder or the new one, never a mix. True when the old one now sits at source.
+
+    A crash before the old folder is deleted leaves its shards in source (a set's staging folder). They
+    are harmless: a new upload of the same shard replaces its file, and any other makes that set fail
+    with a reason and its staging be cleared.
+    """
+    try:
+        rename_noreplace(source, target)
+        return False
+    except NameTaken:
+        pass
+    code = _rename_flags(source, target, _RENAME_EXCHANGE) if _renameat2 is not None else errno.ENOSYS
+    if code in (errno.EINVAL, errno.ENOSYS):
+        raise NameTaken(f"{target} (this filesystem cannot swap folders in one step, so it was not replaced)")
+    if code:
+        raise OSError(code, os.strerror(code), str(source))
+    return True
+
+
+def _remove_entry(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def set_permissions(path: Path, mode: int, uid: int | None, gid: int | None) -> None:

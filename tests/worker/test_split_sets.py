@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,4 +98,29 @@ def test_split_set_shard_from_other_set_fails_all(server: ServerProcess, tmp_pat
         assert status["reason"].startswith("the split set cannot be installed: "), status["reason"]
         assert "tensor" in status["reason"]
     assert os.listdir(server.models_dir) == []
+    wait_for_sets_cleaned(server)
+
+
+def test_split_set_replaces_installed_set_with_allow_overwrite(start_server: Callable[..., ServerProcess],
+                                                                tmp_path: Path) -> None:
+    server = start_server(allow_overwrite=True)
+    client = TusClient(server.url)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old = write_split_set(tmp_path / "old", PREFIX, 2)
+    new = write_split_set(tmp_path / "new", PREFIX, 2, tensor_elems=128)
+    assert [file_sha256(path) for path in old] != [file_sha256(path) for path in new]
+    for upload_id in [client.upload(shard) for shard in old]:
+        assert client.wait_for_state(upload_id, ["installed", "failed"])["state"] == "installed"
+    old_folder = (server.models_dir / PREFIX).stat().st_ino
+    with ModelsWatcher(server.models_dir) as watcher:
+        ids = [client.upload(shard) for shard in new]
+        statuses = [client.wait_for_state(upload_id, ["installed", "failed"]) for upload_id in ids]
+    assert [status["state"] for status in statuses] == ["installed", "installed"], statuses
+    assert (server.models_dir / PREFIX).stat().st_ino != old_folder
+    assert sorted(os.listdir(server.models_dir / PREFIX)) == [shard.name for shard in new]
+    for shard in new:
+        assert file_sha256(server.models_dir / PREFIX / shard.name) == file_sha256(shard)
+    # every folder ever seen under the name held a whole set: the old one or the new one
+    assert {s.children for s in watcher.sightings.values() if s.is_dir} == {tuple(shard.name for shard in new)}
     wait_for_sets_cleaned(server)
