@@ -16,10 +16,20 @@ def status_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def cpu_seconds(pid: int) -> float:
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name; index i is field i + 3 of proc(5)."""
     with open(f"/proc/{pid}/stat") as file:
-        fields = file.read().rsplit(")", 1)[1].split()
+        return file.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
+
+
+def minor_faults(pid: int) -> int:
+    """Pages the process touched for the first time (field 10): memory taken and zeroed anew."""
+    return int(_stat(pid)[7])
 
 
 def reset_peak(pid: int) -> None:

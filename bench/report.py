@@ -45,12 +45,14 @@ def render(meta: dict[str, Any], results: Results) -> str:
         if not by_server:
             continue
         lines += [f"## {WORKLOAD_NAMES[workload]}{'' if workload == 'ref4g' else f', {gib:g} GiB'}", "",
-                  "| server | MB/s | idle RSS MiB | peak RSS MiB | RSS growth MiB | CPU-s | page cache growth MiB | "
-                  "last byte → installed s | bytes identical |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| server | MB/s | idle RSS MiB | peak RSS MiB | RSS growth MiB | CPU-s | page faults (thousands) | "
+                  "page cache growth MiB | last byte → installed s | bytes identical |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for name, runs in by_server.items():
             lines.append(f"| {name} | {fmt(_col(runs, 'mbps'))} | {fmt(_col(runs, 'idle_rss_mib'))} | "
                          f"{fmt(_col(runs, 'peak_rss_mib'))} | {fmt(_col(runs, 'rss_growth_mib'), 1)} | "
-                         f"{fmt(_col(runs, 'cpu_s'), 1)} | {fmt(_col(runs, 'cache_growth_mib'))} | "
+                         f"{fmt(_col(runs, 'cpu_s'), 1)} | {fmt(_col(runs, 'faults_k'))} | "
+                         f"{fmt(_col(runs, 'cache_growth_mib'))} | "
                          f"{fmt(_col(runs, 'installed_s'), 2)} | {all(r['identical'] for r in runs)} |")
         lines.append("")
     if "concurrent" in results:

@@ -95,6 +95,7 @@ def measure_upload(server: Server, source: dict[str, Any], chunk: int, filename:
         idle_kib = proc.status_kib(server.pid, "VmRSS")
         proc.reset_peak(server.pid)
         cpu_before = proc.cpu_seconds(server.pid)
+        faults_before = proc.minor_faults(server.pid)
         sampler = proc.Sampler(server.pid)
         modeldrop = server.kind == "modeldrop"
         result = run_client({"mode": "upload", "port": server.port, "base": server.base, "source": source["path"],
@@ -103,6 +104,7 @@ def measure_upload(server: Server, source: dict[str, Any], chunk: int, filename:
         sampler.stop()
         peak_kib = max(proc.status_kib(server.pid, "VmHWM"), sampler.rss_max)
         cpu = proc.cpu_seconds(server.pid) - cpu_before
+        faults = proc.minor_faults(server.pid) - faults_before
         if modeldrop and result.get("state") != "installed":
             raise RuntimeError(f"{server.name}: upload ended {result.get('state')}: {result.get('reason')}")
         stored = server.stored_path(result["path"], filename)
@@ -112,7 +114,8 @@ def measure_upload(server: Server, source: dict[str, Any], chunk: int, filename:
         server.clean()
     return {"mbps": source["length"] / 1e6 / (result["t_end"] - result["t_start"]), "patches": result["patches"],
             "idle_rss_mib": idle_kib / 1024, "peak_rss_mib": peak_kib / 1024,
-            "rss_growth_mib": (peak_kib - idle_kib) / 1024, "cpu_s": cpu, "cache_growth_mib": sampler.cache_growth_mib,
+            "rss_growth_mib": (peak_kib - idle_kib) / 1024, "cpu_s": cpu, "faults_k": faults / 1000,
+            "cache_growth_mib": sampler.cache_growth_mib,
             "installed_s": result["t_state"] - result["t_end"] if modeldrop else None, "identical": ok}
 
 

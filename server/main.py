@@ -17,6 +17,7 @@ from typing import Any
 
 import uvicorn
 
+from server.libc import keep_freed_heap
 from server.settings import Settings, SettingsError, add_arguments as add_setting_arguments
 
 log = logging.getLogger("modeldrop.main")
@@ -79,6 +80,7 @@ def build_config(settings: Settings, fd: int | None = None) -> uvicorn.Config:
 
 
 def serve(settings: Settings, sock: socket.socket | None = None) -> None:
+    keep_freed_heap()
     config = build_config(settings)
     server = GracefulServer(config)
     server.run(sockets=[sock] if sock is not None else None)
