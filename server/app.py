@@ -28,7 +28,7 @@ from server.finalizer import Finalizer, make_finalizer, requeue_stuck
 from server.locks import LockSpace
 from server.locks.locker import AsyncLocker
 from server.metrics import Metrics
-from server.settings import Settings, SettingsError
+from server.settings import Settings
 from server.store.filestore import FileStore
 from server.tus import headers as tus
 from server.tus.assemble import copy_parts
@@ -41,27 +41,6 @@ EXPOSED_HEADERS = ["Location", "Upload-Offset", "Upload-Length", "Upload-Metadat
                    "Upload-Concat", "Upload-Defer-Length", "Tus-Version", "Tus-Resumable", "Tus-Extension",
                    "Tus-Max-Size", "Tus-Checksum-Algorithm", STATUS_HEADER, "Retry-After"]
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web" / "dist"
-
-
-def check_directories(settings: Settings) -> None:
-    """Staging and models must be one filesystem, so that installing a model is a rename, never a copy."""
-    for directory in (settings.models_dir, settings.staging_dir):
-        try:
-            Path(directory).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SettingsError(f"cannot create {directory}: {exc.strerror}") from None
-        if not os.access(directory, os.W_OK):
-            raise SettingsError(f"{directory} is not writable by this user (uid {os.getuid()})")
-    models_dev = os.stat(settings.models_dir).st_dev
-    staging_dev = os.stat(settings.staging_dir).st_dev
-    if models_dev != staging_dev:
-        raise SettingsError(f"staging ({settings.staging_dir}) and models ({settings.models_dir}) are on different "
-                            "filesystems: put both on one volume so a finished model can be moved in atomically")
-    models = Path(settings.models_dir).resolve()
-    staging = Path(settings.staging_dir).resolve()
-    if staging == models or models in staging.parents:
-        raise SettingsError("the staging directory must not be inside the models directory: llama-server would "
-                            "see unfinished uploads")
 
 
 class MethodOverride:
@@ -100,7 +79,6 @@ class Components:
 
 
 def create_app(settings: Settings) -> Starlette:
-    check_directories(settings)
     parts = Components(settings)
     parts.store.prepare()
     parts.locks.prepare()

@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from server.libc import keep_freed_heap
+from server.directories import check_directories
 from server.settings import Settings, SettingsError, add_arguments as add_setting_arguments
 
 log = logging.getLogger("modeldrop.main")
@@ -127,8 +128,6 @@ def run(command: str, args: argparse.Namespace) -> int:
     if not settings.token:
         log.warning("no token configured: anyone who can reach %s:%d can upload models", settings.host, settings.port)
     try:
-        from server.app import check_directories
-
         check_directories(settings)
     except SettingsError as exc:
         print(f"modeldrop serve: {exc}", file=sys.stderr)

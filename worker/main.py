@@ -10,6 +10,7 @@ import sys
 
 from server.finalizer import QUEUE_NAME
 from server.main import configure_logging
+from server.directories import check_directories
 from server.settings import Settings, SettingsError, add_arguments as add_setting_arguments
 
 log = logging.getLogger("modeldrop.worker")
@@ -41,8 +42,6 @@ def run(command: str, args: argparse.Namespace) -> int:
         if not settings.redis_url:
             raise SettingsError("the worker needs Redis: pass --redis-url or set REDIS_URL "
                                 "(without Redis, `modeldrop serve` finalizes uploads itself)")
-        from server.app import check_directories
-
         check_directories(settings)
     except SettingsError as exc:
         print(f"modeldrop worker: {exc}", file=sys.stderr)
