@@ -17,21 +17,16 @@ from typing import Any
 
 import uvicorn
 
-from server.libc import keep_freed_heap
 from server.directories import check_directories
+from server.libc import keep_freed_heap
+from server.logs import configure_logging
 from server.settings import Settings, SettingsError, add_arguments as add_setting_arguments
 
 log = logging.getLogger("modeldrop.main")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     add_setting_arguments(parser, command)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
 
 class GracefulServer(uvicorn.Server):

@@ -9,7 +9,7 @@ import os
 import sys
 
 from server.finalizer import QUEUE_NAME
-from server.main import configure_logging
+from server.logs import configure_logging
 from server.directories import check_directories
 from server.settings import Settings, SettingsError, add_arguments as add_setting_arguments
 
