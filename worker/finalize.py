@@ -309,8 +309,12 @@ def _publish_set(ctx: Context, shard: gguf.ShardName, set_dir: Path, members: di
         gguf.check_split_set(shards)
         publish(set_dir, ctx.models_dir / shard.prefix, overwrite=ctx.settings.allow_overwrite)
     except (gguf.GGUFError, NameTaken) as exc:
-        reason = (exc.reason if isinstance(exc, gguf.GGUFError)
-                  else f"a model named {shard.prefix!r} is already installed; the split set was not installed")
+        if isinstance(exc, gguf.GGUFError):
+            reason = exc.reason
+        elif ctx.settings.allow_overwrite:  # only a filesystem that cannot swap folders refuses then
+            reason = f"the installed {shard.prefix!r} could not be replaced: {exc}"
+        else:
+            reason = f"a model named {shard.prefix!r} is already installed; the split set was not installed"
         for upload_id in members.values():
             _fail_quietly(ctx, upload_id, f"the split set cannot be installed: {reason}")
         shutil.rmtree(set_dir, ignore_errors=True)

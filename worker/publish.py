@@ -93,7 +93,7 @@ def _swap_folder(source: Path, target: Path) -> bool:
         pass
     code = _rename_flags(source, target, _RENAME_EXCHANGE) if _renameat2 is not None else errno.ENOSYS
     if code in (errno.EINVAL, errno.ENOSYS):
-        raise NameTaken(f"{target} (this filesystem cannot swap folders in one step, so it was not replaced)")
+        raise NameTaken("this filesystem cannot swap two folders in one step (renameat2 RENAME_EXCHANGE)")
     if code:
         raise OSError(code, os.strerror(code), str(source))
     return True
