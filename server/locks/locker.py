@@ -14,10 +14,12 @@ log = logging.getLogger("modeldrop.locks")
 
 
 class HeldLock:
-    def __init__(self, locker: AsyncLocker, name: str, held: Held, on_release_requested: Callable[[], None]) -> None:
+    def __init__(self, locker: AsyncLocker, name: str, held: Held, on_release_requested: Callable[[], None],
+                 waited: bool = False) -> None:
         self.locker = locker
         self.name = name
         self.held = held
+        self.waited = waited  # another holder had it first and was asked to let go
         self.on_release_requested = on_release_requested
         self.release_requested = False
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -70,7 +72,6 @@ class AsyncLocker:
         self.space = space
         self.timeout = timeout
         self.local: dict[str, HeldLock] = {}
-        self.waits = 0
         self.release_requests = 0
 
     async def acquire(self, name: str, on_release_requested: Callable[[], None]) -> HeldLock:
@@ -83,12 +84,11 @@ class AsyncLocker:
             if held is not None:
                 # a request left for the previous holder must not make this one stop at once
                 await asyncio.to_thread(self.space.clear_release_request, name)
-                lock = HeldLock(self, name, held, on_release_requested)
+                lock = HeldLock(self, name, held, on_release_requested, waited=asked)
                 self.local[name] = lock
                 return lock
             if not asked:
                 asked = True
-                self.waits += 1
                 holder = self.local.get(name)
                 if holder is not None:
                     holder.ask_to_release("another request in this process wants this upload")

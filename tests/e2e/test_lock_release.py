@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.clients import NodeUpload
@@ -18,6 +19,7 @@ from tests.e2e.conftest import MIB
 from tests.e2e.proxy import Proxy
 from tests.e2e.test_real_clients import assert_installed
 from tests.e2e.wire import RawPatch, create, head_offset, on, patch, stored_bytes, stored_size
+from tests.server.test_observability import metric
 from tests.support.processes import ServerProcess, WorkerProcess, wait_for
 
 
@@ -44,6 +46,7 @@ def test_stalled_patch_on_server_a_releases_to_server_b(
 
     assert took < 3, f"server B waited {took:.1f}s for the lock held by a stalled PATCH on A"
     assert offset == sent
+    assert metric(httpx.get(f"{b.url}/metrics").text, "modeldrop_lock_waits_total") == 1
     assert stored_bytes(a, url) == source[:sent]
     answer = stalled.response_status(timeout=5)
     assert answer is None or answer >= 500, f"the PATCH that was asked to let go was answered {answer}"
