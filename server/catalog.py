@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from server import errors, gguf
-from server.store.filestore import fsync_directory, write_atomic
+from server.store.filestore import fsync_directory, remove_entry, write_atomic
 
 _HASH_BLOCK = 8 * 1024 * 1024
 
@@ -225,10 +224,7 @@ class Catalog:
         doomed = self.trash_dir / f"{name}.{secrets.token_hex(4)}"
         os.rename(self.models_dir / name, doomed)
         fsync_directory(self.models_dir)
-        if doomed.is_dir():
-            shutil.rmtree(doomed, ignore_errors=True)
-        else:
-            doomed.unlink(missing_ok=True)
+        remove_entry(doomed)
         with contextlib.suppress(FileNotFoundError):
             self._record_path(name).unlink()
         return name

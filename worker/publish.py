@@ -14,7 +14,6 @@ import ctypes
 import errno
 import json
 import os
-import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from server.libc import libc
-from server.store.filestore import fsync_directory
+from server.store.filestore import fsync_directory, remove_entry
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -76,7 +75,7 @@ def publish(source: Path, target: Path, overwrite: bool) -> None:
         swapped = _swap_folder(source, target)
     fsync_directory(target.parent)
     if swapped:  # only once the new entry is durable: a power cut must not bring back a half-deleted folder
-        _remove_entry(source)
+        remove_entry(source)
 
 
 def _swap_folder(source: Path, target: Path) -> bool:
@@ -97,13 +96,6 @@ def _swap_folder(source: Path, target: Path) -> bool:
     if code:
         raise OSError(code, os.strerror(code), str(source))
     return True
-
-
-def _remove_entry(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
 
 
 def set_permissions(path: Path, mode: int, uid: int | None, gid: int | None) -> None:

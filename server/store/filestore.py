@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import secrets
+import shutil
 import struct
 import time
 from collections.abc import Iterator, Sequence
@@ -69,6 +70,17 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_entry(path: Path) -> None:
+    """Frees an entry already taken out of the models directory: a file, a link, or a split set's folder.
+
+    Best effort for a folder: what cannot be deleted only costs space, it is no longer visible to anyone.
+    """
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @dataclasses.dataclass(frozen=True)
