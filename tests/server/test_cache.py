@@ -29,6 +29,11 @@ def new_upload(store: FileStore) -> UploadInfo:
     return store.create(UploadInfo(id=store.new_id(), length=100, filename="m.gguf", created_at=time.time()))
 
 
+def remember(cache: UploadCache, store: FileStore, upload_id: str) -> None:
+    """A fresh read of the record, kept: the way HEAD fills the cache."""
+    cache.put(store.load(upload_id), cache.token())
+
+
 def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """asyncio.run in a thread of its own: the browser tests' Playwright keeps a loop in the main thread."""
     errors: list[BaseException] = []
@@ -62,13 +67,13 @@ def test_cache_keeps_a_record_until_another_process_writes_the_upload(store: Fil
     async def scenario() -> None:
         cache = UploadCache(store.uploads_dir)
         info, other = new_upload(store), new_upload(store)
-        cache.put(store.load(info.id), cache.token())
-        cache.put(store.load(other.id), cache.token())
+        remember(cache, store, info.id)
+        remember(cache, store, other.id)
         assert cache.get(info.id) is not None
         append_from_another_process(store.paths(info.id).data, b"GGUF")
         await until(lambda: cache.get(info.id) is None)
         assert cache.get(other.id) is not None  # a change to one upload leaves the others cached
-        cache.put(store.load(info.id), cache.token())
+        remember(cache, store, info.id)
         assert cache.get(info.id).offset == 4  # type: ignore[union-attr]
         cache.close()
 
@@ -79,10 +84,10 @@ def test_cache_drops_on_record_changes_and_removal(store: FileStore) -> None:
     async def scenario() -> None:
         cache = UploadCache(store.uploads_dir)
         info = new_upload(store)
-        cache.put(store.load(info.id), cache.token())
+        remember(cache, store, info.id)
         store.write_status(info.id, state="queued")  # a finalizer's atomic rename
         await until(lambda: cache.get(info.id) is None)
-        cache.put(store.load(info.id), cache.token())
+        remember(cache, store, info.id)
         store.terminate(info.id, "gone")
         await until(lambda: cache.get(info.id) is None)
         cache.close()
@@ -100,7 +105,7 @@ def test_cache_refuses_a_read_that_a_reported_change_may_postdate(store: FileSto
         await until(lambda: cache.token() > token)
         cache.put(stale, token)
         assert cache.get(info.id) is None
-        cache.put(store.load(info.id), cache.token())
+        remember(cache, store, info.id)
         assert cache.get(info.id).offset == 4  # type: ignore[union-attr]
         cache.close()
 
@@ -111,7 +116,7 @@ def test_cache_disabled_keeps_nothing(store: FileStore) -> None:
     async def scenario() -> None:
         cache = UploadCache(store.uploads_dir, enabled=False)
         info = new_upload(store)
-        cache.put(store.load(info.id), cache.token())
+        remember(cache, store, info.id)
         assert cache.get(info.id) is None
 
     run(scenario)
@@ -121,7 +126,7 @@ def test_cache_turns_itself_off_when_the_directory_goes(store: FileStore, tmp_pa
     async def scenario() -> None:
         cache = UploadCache(store.uploads_dir)
         info = new_upload(store)
-        cache.put(store.load(info.id), cache.token())
+        remember(cache, store, info.id)
         store.uploads_dir.rename(tmp_path / "moved")
         await until(lambda: not cache.enabled)
         assert cache.get(info.id) is None
