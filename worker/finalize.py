@@ -28,7 +28,7 @@ from server.locks import RENEW_EVERY, Held, LockSpace
 from server.settings import Settings
 from server.store.filestore import FileStore, fsync_directory, write_atomic
 from server.store.info import FAILED, INSTALLED, TERMINAL_STATES, VERIFYING, UploadInfo
-from worker.publish import NameTaken, notify_llama_server, publish, same_file, set_permissions
+from worker.publish import NameTaken, identity, notify_llama_server, publish, same_file, set_permissions
 
 log = logging.getLogger("modeldrop.finalize")
 
@@ -156,9 +156,8 @@ def _install(ctx: Context, info: UploadInfo, status: dict[str, Any]) -> dict[str
                        "the upload is corrupt or the expected digest is for another file")
     settings = ctx.settings
     set_permissions(data, settings.file_mode, settings.file_uid, settings.file_gid)
-    stat = data.stat()
     ctx.store.write_status(info.id, sha256=digest, gguf=public_facts(facts), progress=1.0,
-                           publish_inode=[stat.st_dev, stat.st_ino])
+                           publish_inode=identity(data))
     if shard is not None:
         return _stage_shard(ctx, info, shard, data)
     target = ctx.models_dir / info.filename
@@ -216,11 +215,7 @@ def _sha256(ctx: Context, info: UploadInfo, data: Path) -> str:
 
 def _has_inode(path: Path, inode: list[int] | None) -> bool:
     """Whether path is the very file recorded before the move (same device and inode)."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return False
-    return bool(inode) and [stat.st_dev, stat.st_ino] == inode
+    return bool(inode) and identity(path) == inode
 
 
 def _resume_after_move(ctx: Context, info: UploadInfo, status: dict[str, Any],

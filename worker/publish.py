@@ -104,12 +104,18 @@ def set_permissions(path: Path, mode: int, uid: int | None, gid: int | None) -> 
     os.chmod(path, mode)
 
 
-def same_file(a: Path, b: Path) -> bool:
+def identity(path: Path) -> list[int] | None:
+    """[device, inode]: the same file under whatever name it has now; None if nothing is at path."""
     try:
-        first, second = a.stat(), b.stat()
+        stat = path.stat()
     except FileNotFoundError:
-        return False
-    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+        return None
+    return [stat.st_dev, stat.st_ino]
+
+
+def same_file(a: Path, b: Path) -> bool:
+    first = identity(a)
+    return first is not None and first == identity(b)
 
 
 def notify_llama_server(url: str, api_key: str | None, model_id: str, timeout: float = 10.0) -> dict[str, Any]:
