@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import proc, report
+from bench.report import TCP_FILE_SHA256
 from bench.servers import BENCH, PYTHON, REPO, SCRATCH, Server, ensure_peers, free_port, make_servers
 from bench.source import make_source, sha256_file, warm
 
@@ -66,22 +67,23 @@ def limit_dd(source: dict[str, Any], fsync: bool) -> float:
     return source["length"] / 1e6 / elapsed
 
 
-def limit_tcp_file(source: dict[str, Any]) -> float:
+def limit_tcp_file(source: dict[str, Any], sha256: bool = False) -> float:
     out, port = SCRATCH / "tcp.out", free_port()
-    receiver = subprocess.Popen([str(PYTHON), "-m", "bench.receiver", str(port), str(out), str(source["length"])],
-                                cwd=REPO, stdout=subprocess.PIPE, text=True)
+    receiver = subprocess.Popen([str(PYTHON), "-m", "bench.receiver", str(port), str(out), str(source["length"]),
+                                 *(["--sha256"] if sha256 else [])], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
         result = run_client({"mode": "raw", "port": port, "source": source["path"], "length": source["length"]})
+        digest = receiver.stdout.read().strip()
         receiver.wait(30)
     finally:
         if receiver.poll() is None:
             receiver.kill()
-    ok = check_file(out, source["sha256"])
+    ok = check_file(out, source["sha256"]) and (not sha256 or digest == source["sha256"])
     out.unlink(missing_ok=True)
     os.sync()
     if not ok:
-        raise RuntimeError("the loopback receiver stored different bytes")
+        raise RuntimeError("the loopback receiver stored different bytes or hashed them wrong")
     return source["length"] / 1e6 / (result["t_end"] - result["t_start"])
 
 
@@ -202,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     workloads = args.workloads.split(",")
     started = time.monotonic()
     load_before = _machine_load()
+    cpu_before = _cpu_times()
 
     free = shutil.disk_usage(REPO).free
     need = 2 * args.size + args.concurrent * args.concurrent_size + 4 * GIB
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         results.setdefault(workload, {}).setdefault(name, []).append(value)
         shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in value.items()}
         print(f"  [{time.monotonic() - started:6.0f}s] {workload:10} {name:18} {shown}", flush=True)
-        write_results(args, results, started, load_before)
+        write_results(args, results, started, load_before, cpu_before)
 
     for rep in range(args.reps):
         order = servers[rep % len(servers):] + servers[: rep % len(servers)]
@@ -234,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             record("limits", "dd conv=fsync", {"mbps": limit_dd(source, True)})
             record("limits", "dd (page cache)", {"mbps": limit_dd(source, False)})
             record("limits", "loopback TCP → file", {"mbps": limit_tcp_file(source)})
+            record("limits", TCP_FILE_SHA256, {"mbps": limit_tcp_file(source, sha256=True)})
         for workload, chunk in (("one", 0), ("chunked", args.chunk)):
             if workload in workloads:
                 for server in order:
@@ -246,20 +250,22 @@ def main(argv: list[str] | None = None) -> int:
                 if server.kind == "modeldrop" and server.fsync:
                     record("ref4g", server.name, measure_upload(server, ref, 0, "bench.gguf"))
 
-    text, out = write_results(args, results, started, load_before)
+    text, out = write_results(args, results, started, load_before, cpu_before)
     print(text)
     print(f"written {out}")
     return 0
 
 
-def write_results(args: argparse.Namespace, results: dict[str, Any], started: float, load_before: str) -> tuple[str, Path]:
+def write_results(args: argparse.Namespace, results: dict[str, Any], started: float, load_before: str,
+                  cpu_before: list[int]) -> tuple[str, Path]:
     """Called after every measurement too, so a run cut short still leaves what it measured."""
     elapsed = time.monotonic() - started
     meta = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "size": args.size, "reps": args.reps,
             "chunk": args.chunk, "concurrent": args.concurrent, "concurrent_size": args.concurrent_size,
             "elapsed_s": elapsed, "commit": _commit(args.modeldrop_dir), "label": args.label,
             "modeldrop_dir": str(args.modeldrop_dir), "modeldrop_args": args.modeldrop_arg,
-            "load": f"{load_before} at the start, {_machine_load()} at the end"}
+            "load": f"{load_before} at the start, {_machine_load()} at the end; "
+                    f"{_stolen_share(cpu_before, _cpu_times()):.0%} of the CPU time taken by the host (steal)"}
     text = report.render(meta, results)
     out = args.out or BENCH / "results" / f"{datetime.date.today().isoformat()}.md"
     out.parent.mkdir(exist_ok=True)
@@ -275,6 +281,18 @@ def _machine_load() -> str:
     with open("/proc/pressure/cpu") as file:
         pressure = file.readline().split()[2].split("=")[1]
     return f"load {load}, CPU pressure (some, avg60) {pressure} %"
+
+
+def _cpu_times() -> list[int]:
+    with open("/proc/stat") as file:
+        return [int(field) for field in file.readline().split()[1:9]]
+
+
+def _stolen_share(before: list[int], after: list[int]) -> float:
+    """On a virtual machine the host takes CPU time away at will (the `steal` column of /proc/stat): a run
+    that lost much of it is slower throughout, whichever server it was running."""
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    return spent[7] / max(1, sum(spent))
 
 
 def _commit(directory: Path) -> str:
