@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from server.catalog import Catalog, public_facts, sha256_of
 from server.finalizer import finalize_lock_name
 from server.locks import RENEW_EVERY, Held, LockSpace
 from server.settings import Settings
-from server.store.filestore import FileStore, fsync_directory, write_atomic
+from server.store.filestore import FileStore, fsync_directory, remove_entry, write_atomic
 from server.store.info import FAILED, INSTALLED, TERMINAL_STATES, VERIFYING, UploadInfo
 from worker.publish import NameTaken, identity, notify_llama_server, publish, same_file, set_permissions
 
@@ -230,7 +229,13 @@ def _resume_after_move(ctx: Context, info: UploadInfo, status: dict[str, Any],
         raise Rejected("the upload's data is gone from staging and was not installed")
     published = ctx.models_dir / shard.prefix / info.filename
     if _has_inode(published, inode):
-        _record_set_installed(ctx, shard)
+        with _holding(ctx.locks, _set_lock_name(shard.prefix), 60.0) as held:
+            if held is None:
+                raise Busy(f"the split set {shard.prefix!r} is being updated by another process")
+            if _read_members(ctx, shard.prefix):
+                _record_set_installed(ctx, shard)
+            else:  # the set was recorded before the crash, all but this shard's status
+                _record_installed(ctx, info, published, shard.prefix, notify=False)
         return ctx.store.read_status(info.id) or {}
     staged = ctx.sets_dir / shard.prefix / info.filename
     if staged.exists():
@@ -312,13 +317,18 @@ def _publish_set(ctx: Context, shard: gguf.ShardName, set_dir: Path, members: di
             reason = f"a model named {shard.prefix!r} is already installed; the split set was not installed"
         for upload_id in members.values():
             _fail_quietly(ctx, upload_id, f"the split set cannot be installed: {reason}")
-        shutil.rmtree(set_dir, ignore_errors=True)
+        remove_entry(set_dir)
         _members_path(ctx, shard.prefix).unlink(missing_ok=True)
         return
     _record_set_installed(ctx, shard)
 
 
 def _record_set_installed(ctx: Context, shard: gguf.ShardName) -> None:
+    """Under the set's lock, once its folder is in the models directory: statuses, catalog, llama-server.
+
+    The staging folder goes before the members file, which marks the set as still to be recorded: after a
+    crash between swapping a replaced set out and deleting it, the old shards sit there, and are freed here.
+    """
     members = _read_members(ctx, shard.prefix)
     target = ctx.models_dir / shard.prefix
     digests = {}
@@ -335,6 +345,7 @@ def _record_set_installed(ctx: Context, shard: gguf.ShardName) -> None:
     for upload_id in members.values():
         with contextlib.suppress(Exception):
             ctx.store.write_status(upload_id, llama_server=outcome)
+    remove_entry(ctx.sets_dir / shard.prefix)
     _members_path(ctx, shard.prefix).unlink(missing_ok=True)
 
 

@@ -81,9 +81,8 @@ def publish(source: Path, target: Path, overwrite: bool) -> None:
 def _swap_folder(source: Path, target: Path) -> bool:
     """Readers see the old folder or the new one, never a mix. True when the old one now sits at source.
 
-    A crash before the old folder is deleted leaves its shards in source (a set's staging folder). They
-    are harmless: a new upload of the same shard replaces its file, and any other makes that set fail
-    with a reason and its staging be cleared.
+    A crash before the old folder is deleted leaves its shards in source (a set's staging folder): the
+    set's recovery deletes them when it records the set installed (worker.finalize._record_set_installed).
     """
     try:
         rename_noreplace(source, target)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from tests.support.processes import ServerProcess, wait_for
 from tests.worker.uploads import ModelsWatcher, TusClient, file_sha256
 
 PREFIX = "split-test"
+FAST_REQUEUE = {"MODELDROP_STALE_AFTER": "1", "MODELDROP_MAINTENANCE_INTERVAL": "2"}
 
 
 def test_split_set_published_in_one_step(server: ServerProcess, tmp_path: Path) -> None:
@@ -54,6 +57,14 @@ def wait_for_set(client: TusClient, upload_id: str, missing: list[int]) -> dict[
 def wait_for_sets_cleaned(server: ServerProcess) -> None:
     """The set's staging is removed last, just after its uploads' statuses are written."""
     wait_for(lambda: os.listdir(server.staging_dir / "sets") == [], 5, "the staged set to be cleaned up")
+
+
+def write_two_versions_of_a_set(tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    """Two 2-shard sets under the same prefix whose shards differ in content."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    return (write_split_set(tmp_path / "old", PREFIX, 2),
+            write_split_set(tmp_path / "new", PREFIX, 2, tensor_elems=128))
 
 
 def test_split_set_incomplete_stays_out_of_models(server: ServerProcess, tmp_path: Path) -> None:
@@ -105,10 +116,7 @@ def test_split_set_replaces_installed_set_with_allow_overwrite(start_server: Cal
                                                                 tmp_path: Path) -> None:
     server = start_server(allow_overwrite=True)
     client = TusClient(server.url)
-    (tmp_path / "old").mkdir()
-    (tmp_path / "new").mkdir()
-    old = write_split_set(tmp_path / "old", PREFIX, 2)
-    new = write_split_set(tmp_path / "new", PREFIX, 2, tensor_elems=128)
+    old, new = write_two_versions_of_a_set(tmp_path)
     assert [file_sha256(path) for path in old] != [file_sha256(path) for path in new]
     for upload_id in [client.upload(shard) for shard in old]:
         assert client.wait_for_state(upload_id, ["installed", "failed"])["state"] == "installed"
@@ -124,3 +132,39 @@ def test_split_set_replaces_installed_set_with_allow_overwrite(start_server: Cal
     # every folder ever seen under the name held a whole set: the old one or the new one
     assert {s.children for s in watcher.sightings.values() if s.is_dir} == {tuple(shard.name for shard in new)}
     wait_for_sets_cleaned(server)
+
+
+def test_split_set_recovery_frees_the_replaced_shards_a_crash_left(start_server: Callable[..., ServerProcess],
+                                                                   tmp_path: Path) -> None:
+    """A crash between swapping the new set in and deleting the old one leaves the old shards in the set's
+    staging folder, the members file still there and the shards' statuses short of installed. No kill
+    lands between two syscalls on demand, so the test installs both sets for real and then puts back what
+    such a crash leaves; the restarted server's requeue loop must finish the set and free the old shards.
+    """
+    server = start_server(allow_overwrite=True)
+    client = TusClient(server.url)
+    old, new = write_two_versions_of_a_set(tmp_path)
+    for shards in (old, new):
+        ids = [client.upload(shard) for shard in shards]
+        for upload_id in ids:
+            assert client.wait_for_state(upload_id, ["installed", "failed"])["state"] == "installed"
+    wait_for_sets_cleaned(server)
+    server.stop()
+
+    staging = server.staging_dir
+    (staging / "sets" / PREFIX).mkdir()
+    for shard in old:
+        shutil.copyfile(shard, staging / "sets" / PREFIX / shard.name)
+    (staging / "sets" / f"{PREFIX}.members.json").write_text(json.dumps({"1": ids[0], "2": ids[1]}))
+    for upload_id in ids:
+        status = staging / "uploads" / f"{upload_id}.status"
+        status.write_text(json.dumps({**json.loads(status.read_text()), "state": "verifying"}))
+
+    server = start_server(allow_overwrite=True, env=FAST_REQUEUE)
+    client = TusClient(server.url)
+    for upload_id in ids:
+        assert client.wait_for_state(upload_id, ["installed", "failed"], timeout=60)["state"] == "installed"
+    wait_for_sets_cleaned(server)
+    assert sorted(os.listdir(server.models_dir / PREFIX)) == [shard.name for shard in new]
+    for shard in new:
+        assert file_sha256(server.models_dir / PREFIX / shard.name) == file_sha256(shard)
