@@ -130,7 +130,8 @@ def _targets(meta: dict[str, Any], results: Results) -> list[str]:
         if ref:
             base = _median(ref, "installed_s")
             rows.append((f"{gib:g} GiB installed within 1.5 × the 4 GiB time",
-                         f"{installed * 1000:.0f} ms vs {base * 1000:.0f} ms = {installed / base:.2f}×", installed <= 1.5 * base))
+                         f"{installed * 1000:.0f} ms vs {base * 1000:.0f} ms = {installed / base:.2f}×",
+                         installed <= 1.5 * base))
         cache = max(_col(one, "cache_growth_mib"))
         rows.append((f"page cache grows < 1 GiB during a {gib:g} GiB upload (fsync on)", f"{cache:.0f} MiB (max)",
                      cache < 1024))

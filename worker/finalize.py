@@ -229,9 +229,7 @@ def _resume_after_move(ctx: Context, info: UploadInfo, status: dict[str, Any],
         raise Rejected("the upload's data is gone from staging and was not installed")
     published = ctx.models_dir / shard.prefix / info.filename
     if _has_inode(published, inode):
-        with _holding(ctx.locks, _set_lock_name(shard.prefix), 60.0) as held:
-            if held is None:
-                raise Busy(f"the split set {shard.prefix!r} is being updated by another process")
+        with _holding_set(ctx, shard.prefix):
             if _read_members(ctx, shard.prefix):
                 _record_set_installed(ctx, shard)
             else:  # the set was recorded before the crash, all but this shard's status
@@ -261,12 +259,19 @@ def _set_lock_name(prefix: str) -> str:
     return "set-" + hashlib.sha256(prefix.encode()).hexdigest()[:32]
 
 
+@contextlib.contextmanager
+def _holding_set(ctx: Context, prefix: str) -> Iterator[None]:
+    """The split set's lock; Busy, so the job is retried, when another process keeps it past the wait."""
+    with _holding(ctx.locks, _set_lock_name(prefix), 60.0) as held:
+        if held is None:
+            raise Busy(f"the split set {prefix!r} is being updated by another process")
+        yield
+
+
 def _stage_shard(ctx: Context, info: UploadInfo, shard: gguf.ShardName, data: Path | None) -> dict[str, Any]:
     """Adds a verified shard to its set in staging; publishes the set when every shard is there."""
     set_dir = ctx.sets_dir / shard.prefix
-    with _holding(ctx.locks, _set_lock_name(shard.prefix), 60.0) as held:
-        if held is None:
-            raise Busy(f"the split set {shard.prefix!r} is being updated by another process")
+    with _holding_set(ctx, shard.prefix):
         if (ctx.models_dir / shard.prefix).exists() and not ctx.settings.allow_overwrite:
             raise Rejected(f"a split model named {shard.prefix!r} is already installed; it was not replaced")
         set_dir.mkdir(parents=True, exist_ok=True)
