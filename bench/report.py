@@ -8,6 +8,7 @@ from typing import Any
 from bench.stats import fmt, pair_ratios, summary
 
 PEERS = ("tuspyserver", "tus-node")
+STACK = ("uvicorn-store", "uvicorn-store-sha256")  # bench/stack_app.py: modeldrop's stack minus everything tus
 WORKLOAD_NAMES = {"one": "one PATCH", "chunked": "64 MiB PATCHes", "ref4g": "4 GiB reference (one PATCH)"}
 
 Results = dict[str, dict[str, list[dict[str, Any]]]]
@@ -84,7 +85,7 @@ def _ratios(results: Results) -> list[str]:
         for mine in ("modeldrop", "modeldrop-nofsync"):
             if mine not in by_server:
                 continue
-            others = [(peer, _col(by_server[peer], "mbps")) for peer in PEERS if peer in by_server]
+            others = [(peer, _col(by_server[peer], "mbps")) for peer in PEERS + STACK if peer in by_server]
             if workload != "concurrent":
                 others += [(name, _col(runs, "mbps")) for name, runs in limits.items()]
             for other, values in others:
@@ -115,6 +116,9 @@ def _targets(meta: dict[str, Any], results: Results) -> list[str]:
             if ceiling:  # what a server that hashes what it stores could reach at best, to set the FAIL against
                 best = statistics.median(pair_ratios(ceiling, _col(by_server[peer], "mbps")))
                 rows.append((f"(machine) {TCP_FILE_SHA256} ÷ {peer} ({name})", f"{best:.2f}", None))
+            for reference in (r for r in STACK if r in by_server):  # the stack's own cost, before any tus code
+                best = statistics.median(pair_ratios(_col(by_server[reference], "mbps"), _col(by_server[peer], "mbps")))
+                rows.append((f"(stack) {reference} ÷ {peer} ({name})", f"{best:.2f}", None))
         for mine in ("modeldrop", "modeldrop-nofsync"):
             if mine in by_server:
                 growth = max(_col(by_server[mine], "rss_growth_mib"))

@@ -2,7 +2,8 @@
 
 modeldrop runs from the repository (or a copy, for experiments); the peers run from bench/scratch,
 installed there by `ensure_peers()`: tuspyserver in its own venv under uvicorn (uvloop + httptools),
-@tus/server + @tus/file-store under node 20.
+@tus/server + @tus/file-store under node 20. Two references run bench/stack_app.py, modeldrop's stack
+minus everything tus: uvicorn-store (stores the body) and uvicorn-store-sha256 (and hashes it).
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def free_port() -> int:
 @dataclasses.dataclass
 class Server:
     name: str
-    kind: str          # modeldrop | tuspy | node
-    fsync: bool = False
+    kind: str          # modeldrop | tuspy | node | stack (bench/stack_app.py)
+    fsync: bool = False  # modeldrop: --fsync; stack: hash what it stores
     code_dir: Path = REPO
     extra_args: tuple[str, ...] = ()
     port: int = 0
@@ -101,6 +102,12 @@ class Server:
                     "--fsync" if self.fsync else "--no-fsync", *self.extra_args]
             cwd = self.code_dir
             env["PYTHONPATH"] = str(self.code_dir)
+        elif self.kind == "stack":
+            argv = [str(PYTHON), "-m", "uvicorn", "bench.stack_app:app", "--host", "127.0.0.1", "--port",
+                    str(self.port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
+                    "--no-access-log"]
+            cwd = REPO
+            env.update(PYTHONPATH=str(REPO), SHA256="1" if self.fsync else "0")
         elif self.kind == "tuspy":
             argv = [str(PEER_PY), "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(self.port),
                     "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"]
@@ -163,5 +170,7 @@ def _known(name: str, code_dir: Path, extra_args: tuple[str, ...]) -> Server:
         "modeldrop-nofsync": lambda: Server("modeldrop-nofsync", "modeldrop", False, code_dir, extra_args),
         "tuspyserver": lambda: Server("tuspyserver", "tuspy"),
         "tus-node": lambda: Server("tus-node", "node"),
+        "uvicorn-store": lambda: Server("uvicorn-store", "stack"),
+        "uvicorn-store-sha256": lambda: Server("uvicorn-store-sha256", "stack", True),
     }
     return known[name]()
