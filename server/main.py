@@ -21,6 +21,7 @@ from server.directories import check_directories
 from server.libc import keep_freed_heap
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, add_arguments as add_setting_arguments
+from server.socket_body import SocketBodyProtocol
 
 log = logging.getLogger("modeldrop.main")
 
@@ -62,7 +63,7 @@ def build_config(settings: Settings, fd: int | None = None) -> uvicorn.Config:
         port=settings.port,
         fd=fd,
         loop="uvloop",
-        http="httptools",
+        http=SocketBodyProtocol,  # httptools, offering large bodies' sockets to the tus handler
         lifespan="on",
         log_level=settings.log_level,
         access_log=False,

@@ -23,6 +23,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter("modeldrop_requests", "HTTP requests", ["method", "status"], registry=r)
         self.bytes_received = Counter("modeldrop_bytes_received", "upload bytes stored", registry=r)
+        self.bytes_spliced = Counter("modeldrop_bytes_spliced", "of those, bytes of bodies taken off the socket "
+                                     "and spliced into the file", registry=r)
         self.uploads_created = Counter("modeldrop_uploads_created", "uploads created", registry=r)
         self.uploads_finished = Counter("modeldrop_uploads_finished", "uploads whose last byte arrived", registry=r)
         self.uploads_terminated = Counter("modeldrop_uploads_terminated", "uploads terminated by clients", registry=r)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import json
 import os
 import secrets
@@ -22,7 +23,7 @@ import shutil
 import struct
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ _SYNC_FILE_RANGE_WRITE = 2
 _WRITEBACK_KICK = 8 * 1024 * 1024  # start writeback every 8 MiB so a sync (or a PATCH's end) has little to wait for
 _MAX_TAIL_REHASH = 1024 * 1024 * 1024  # beyond this, a lost checkpoint is left to the finalizer's full read
 _READ_BLOCK = 8 * 1024 * 1024
+_HASH_STEP = 8 * 1024 * 1024  # spliced bytes are hashed from the page cache in steps of this size
 UNSTARTED_GRACE = 600.0  # seconds an upload with no bytes yet keeps its disk reservation
 
 libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
@@ -376,7 +378,8 @@ class UploadWriter:
     `sync_interval` bytes: fdatasync, then drop the synced pages from the page cache so a huge upload
     does not evict the model llama-server has mapped, then checkpoint the hash. Given a hash_pool, each
     batch is hashed there while it is being written: hashing and copying into the page cache each take
-    a core, so one upload runs at the speed of the slower of the two rather than of their sum.
+    a core, so one upload runs at the speed of the slower of the two rather than of their sum. Bytes
+    that arrive by `splice_in` are hashed from the page cache, a step behind the writing, in the same pool.
     """
 
     def __init__(self, store: FileStore, info: UploadInfo, sync_interval: int,
@@ -386,11 +389,13 @@ class UploadWriter:
         self.paths = store.paths(info.id)
         self.sync_interval = sync_interval
         self.hash_pool = hash_pool
-        self.fd = os.open(self.paths.data, os.O_WRONLY)
+        self.fd = os.open(self.paths.data, os.O_RDWR)  # readable too: spliced bytes are hashed from a mapping
         self.offset = os.fstat(self.fd).st_size
         self.synced_offset = self.offset
         self.kicked_offset = self.offset
         self.hasher = self._resume_hasher()
+        self.hashed_offset = self.offset  # the hasher has seen (or is seeing) every byte before this
+        self._hashing: Future[None] | None = None
 
     def _resume_hasher(self) -> digest.ResumableSha256 | None:
         if not digest.available() or self.info.is_partial:
@@ -414,10 +419,12 @@ class UploadWriter:
         return hasher
 
     def hash_state(self) -> bytes | None:
+        self._hash_spliced(wait=True)
         return self.hasher.state() if self.hasher else None
 
     def write(self, chunks: Sequence[bytes]) -> int:
         """Writes chunks at the end of the file; returns the new offset."""
+        self._hash_spliced(wait=True)
         hasher = self.hasher
         hashing = None
         if hasher is not None and self.hash_pool is not None:
@@ -434,14 +441,54 @@ class UploadWriter:
             hashing.result()
         elif hasher is not None:
             _hash_chunks(hasher, chunks)
-        self.offset = position
+        self.offset = self.hashed_offset = position
+        self._kick_writeback()
+        return self.offset
+
+    def splice_in(self, pipe_fd: int, count: int) -> int:
+        """Moves count bytes waiting in a pipe to the end of the file inside the kernel; returns the new offset.
+
+        On a failure (a full disk) the offset counts exactly the bytes that reached the file.
+        """
+        end = self.offset + count
+        while self.offset < end:
+            moved = os.splice(pipe_fd, self.fd, end - self.offset, offset_dst=self.offset)
+            if not moved:
+                raise OSError(errno.EIO, "the pipe ended before the bytes spliced into it")
+            self.offset += moved
+        if self.offset - self.hashed_offset >= _HASH_STEP:
+            self._hash_spliced(wait=False)
+        self._kick_writeback()
+        return self.offset
+
+    def _hash_spliced(self, wait: bool) -> None:
+        """Feeds the hasher the bytes spliced in since it last caught up, read where they lie in the page
+        cache; without wait the step runs in the hash pool while the next bytes arrive."""
+        try:
+            if self._hashing is not None:
+                hashing, self._hashing = self._hashing, None
+                hashing.result()
+            if self.hasher is None or self.hashed_offset == self.offset:
+                self.hashed_offset = self.offset
+                return
+            start, self.hashed_offset = self.hashed_offset, self.offset
+            if wait or self.hash_pool is None:
+                self.hasher.update_from_file(self.fd, start, self.offset)
+            else:
+                self._hashing = self.hash_pool.submit(self.hasher.update_from_file, self.fd, start, self.offset)
+        except OSError:
+            # a step that failed half-way leaves a hasher that missed bytes: give up the running hash, the
+            # finalizer then reads the whole file once instead of trusting a wrong digest
+            self.hasher = None
+            self.store.drop_checkpoint(self.info.id)
+
+    def _kick_writeback(self) -> None:
         if self.offset - self.kicked_offset >= _WRITEBACK_KICK:
             # in both modes: dirty pages piling up make the kernel throttle this writer (measured: without
             # it --no-fsync ran at 0.57x the speed of fsync on), and a later sync finds little left to do
             libc.sync_file_range(self.fd, self.kicked_offset, self.offset - self.kicked_offset,
                                   _SYNC_FILE_RANGE_WRITE)
             self.kicked_offset = self.offset
-        return self.offset
 
     def sync_due(self) -> bool:
         return self.offset - self.synced_offset >= self.sync_interval
@@ -477,11 +524,13 @@ class UploadWriter:
         speed, not the disk's. Yet a huge upload must not fill the page cache (evicting the model
         llama-server has mapped), so what the disk has taken is let go as the upload goes.
         """
+        self._hash_spliced(wait=True)  # pages are dropped only once hashed: else the hash reads the disk
         os.posix_fadvise(self.fd, 0, self.offset, os.POSIX_FADV_DONTNEED)
         self.synced_offset = self.offset
 
     def sync(self) -> int:
         """Makes everything written durable; returns the durable offset."""
+        self._hash_spliced(wait=True)
         if self.store.durable and self.offset != self.synced_offset:
             os.fdatasync(self.fd)
             os.posix_fadvise(self.fd, 0, self.offset, os.POSIX_FADV_DONTNEED)
@@ -489,15 +538,21 @@ class UploadWriter:
             self._release_written()  # also at a request's end: short PATCHes never reach the sync interval
         self.synced_offset = self.offset
         if self.hasher is not None:
-            self.store.save_checkpoint(self.info.id, self.offset, self.hasher.state())
+            # on a disk full to the last byte this can fail: an older checkpoint (or none) only costs a
+            # re-read of the bytes after it, so the durable offset still stands
+            with contextlib.suppress(OSError):
+                self.store.save_checkpoint(self.info.id, self.offset, self.hasher.state())
         return self.offset
 
     def rollback(self, offset: int, hash_state: bytes | None) -> None:
         """Cuts the file back to offset (a failed Upload-Checksum) and restores the running hash."""
+        if self._hashing is not None:
+            hashing, self._hashing = self._hashing, None
+            hashing.exception()  # the hasher must stop moving before it is replaced
         os.ftruncate(self.fd, offset)
         if self.store.durable:
             os.fdatasync(self.fd)
-        self.offset = self.synced_offset = self.kicked_offset = offset
+        self.offset = self.synced_offset = self.kicked_offset = self.hashed_offset = offset
         if hash_state is not None:
             self.hasher = digest.ResumableSha256(hash_state)
         checkpoint = self.store.load_checkpoint(self.info.id)
@@ -505,6 +560,8 @@ class UploadWriter:
             self.store.drop_checkpoint(self.info.id)
 
     def close(self) -> None:
+        if self._hashing is not None:
+            self._hashing.exception()  # it reads through this descriptor
         os.close(self.fd)
 
 

@@ -110,17 +110,6 @@ async def receive_body(
             offset = await asyncio.to_thread(writer.sync_interval_step)
         return int(offset)
 
-    async def settle(work: asyncio.Future[Any]) -> Any:
-        """Waits for work running in a thread even if interrupted meanwhile: the thread goes on writing,
-        so the file must not be closed, the lock released or an offset reported before it ends."""
-        while True:
-            try:
-                return await asyncio.shield(work)
-            except asyncio.CancelledError:
-                if not interruption.absorb():
-                    raise  # not ours (the server is being killed): nothing to wait for
-                # ours, after the whole body arrived: finish storing it, the request then lets go
-
     async def submit(chunks: list[bytes]) -> None:
         nonlocal in_flight
         if in_flight is not None:
@@ -166,8 +155,7 @@ async def receive_body(
     except asyncio.CancelledError:
         if not interruption.absorb():
             raise  # a cancellation that is not ours (the server is being killed): nothing to save
-        stopped = interruption.error(f"this request was stopped: {interruption.reason}; the bytes received "
-                                     "so far are saved, resume from Upload-Offset")
+        stopped = stopped_error(interruption.error, interruption.reason or "")
     except errors.HTTPError as exc:
         stopped = exc
     except OSError as exc:  # the previous batch failed to write (a full disk): stop, keep what is on disk
@@ -183,29 +171,45 @@ async def receive_body(
         if write_failed is not None:
             raise write_failed
         if in_flight is not None:
-            await settle(in_flight)
+            await settle(in_flight, interruption)
             in_flight = None
         if batch:
-            await settle(asyncio.ensure_future(store_batch(batch)))
+            await settle(asyncio.ensure_future(store_batch(batch)), interruption)
         if request_hash is not None and limits.checksum is not None:
             complete = stopped is None and not disconnected
             if not complete or request_hash.digest() != limits.checksum[1]:
-                await settle(off_loop(writer.rollback, limits.start, hash_at_start))
+                await settle(off_loop(writer.rollback, limits.start, hash_at_start), interruption)
                 if complete:
                     stopped = errors.ChecksumMismatch()
-        offset = await settle(off_loop(writer.sync))
+        offset = await settle(off_loop(writer.sync), interruption)
     except OSError as exc:
         with contextlib.suppress(Exception):
             if in_flight is not None:
-                await settle(in_flight)
+                await settle(in_flight, interruption)
         if limits.checksum is not None:  # the digest covers the whole request, which never arrived
-            offset = await settle(off_loop(_roll_back, writer, limits.start, hash_at_start))
+            offset = await settle(off_loop(_roll_back, writer, limits.start, hash_at_start), interruption)
         else:  # the file keeps only whole batches, so the running hash still matches it
-            offset = await settle(off_loop(_roll_back, writer, writer.offset, writer.hash_state()))
-        stopped = _storage_error(exc)
+            offset = await settle(off_loop(_roll_back, writer, writer.offset, writer.hash_state()), interruption)
+        stopped = storage_error(exc)
     interruption.disarm()  # the body is stored: what comes after (answer, unlock) must not be cut short
     return BodyResult(offset=int(offset), received=int(offset) - limits.start, error=stopped,
                       disconnected=disconnected)
+
+
+async def settle(work: asyncio.Future[Any], interruption: Interruption) -> Any:
+    """Waits for work running in a thread even if interrupted meanwhile: the thread goes on writing,
+    so the file must not be closed, the lock released or an offset reported before it ends."""
+    while True:
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            if not interruption.absorb():
+                raise  # not ours (the server is being killed): nothing to wait for
+            # ours, after the whole body arrived: finish storing it, the request then lets go
+
+
+def stopped_error(error: type[errors.HTTPError], reason: str) -> errors.HTTPError:
+    return error(f"this request was stopped: {reason}; the bytes received so far are saved, resume from Upload-Offset")
 
 
 def off_loop(function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
@@ -221,7 +225,7 @@ def _roll_back(writer: UploadWriter, offset: int, hash_state: bytes | None) -> i
     return writer.sync()
 
 
-def _storage_error(exc: OSError) -> errors.HTTPError:
+def storage_error(exc: OSError) -> errors.HTTPError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return errors.InsufficientStorage("the disk is full; the bytes received so far are saved. Free space "
                                           "and resume the upload")

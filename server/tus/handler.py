@@ -26,12 +26,14 @@ from server.finalizer import Finalizer
 from server.locks.locker import AsyncLocker
 from server.metrics import Metrics
 from server.settings import Settings
+from server.socket_body import EXTENSION as SOCKET_BODY
 from server.store.cache import UploadCache
 from server.store.filestore import FileStore, write_atomic
 from server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, TERMINAL_STATES, UploadInfo
 from server.tus import headers as tus
 from server.tus.assemble import assemble_final
 from server.tus.body import BodyLimits, Interruption, receive_body
+from server.tus.spliced import receive_from_socket
 
 log = logging.getLogger("modeldrop.tus")
 
@@ -39,6 +41,8 @@ BASE_PATH = "/files/"
 EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "termination", "expiration",
               "checksum", "concatenation")
 STATUS_HEADER = "Modeldrop-Status"
+SPLICE_FROM = 1024 * 1024  # bodies at least this large are taken off the socket when the server offers it
+SOCKET_THREADS = 256       # requests taking their body off the socket at once; more read through ASGI
 
 
 class TusHandler:
@@ -59,6 +63,9 @@ class TusHandler:
         threads = max(1, (os.cpu_count() or 2) // 2)
         self.write_pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="modeldrop-write")
         self.hash_pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="modeldrop-hash")
+        # a body taken off the socket waits on it in a thread of its own for the whole request
+        self.socket_pool = concurrent.futures.ThreadPoolExecutor(SOCKET_THREADS, thread_name_prefix="modeldrop-socket")
+        self.socket_bodies = 0
         self.records = UploadCache(store.uploads_dir, enabled=locker.space.redis is None)
         self.options_headers = {
             "Tus-Resumable": tus.TUS_VERSION,
@@ -303,8 +310,21 @@ class TusHandler:
         limits = BodyLimits(start=info.offset, length=limit, check_magic=not info.is_partial,
                             idle_timeout=self.settings.idle_timeout,
                             checksum=(checksum.algorithm, checksum.digest) if checksum else None)
+        socket_body = request.scope.get("extensions", {}).get(SOCKET_BODY)
+        taken = None
+        if (socket_body is not None and checksum is None and self.socket_bodies < SOCKET_THREADS
+                and (tus.parse_content_length(request.headers) or 0) >= SPLICE_FROM):
+            taken = socket_body.take()
         try:
-            result = await receive_body(request.stream(), writer, limits, interruption, self._run)
+            if taken is not None:
+                self.socket_bodies += 1
+                try:
+                    result = await receive_from_socket(socket_body, taken, writer, limits, interruption,
+                                                       self.socket_pool)
+                finally:
+                    self.socket_bodies -= 1
+            else:
+                result = await receive_body(request.stream(), writer, limits, interruption, self._run)
         finally:
             await asyncio.to_thread(writer.close)
             if checksum is not None:
@@ -313,6 +333,8 @@ class TusHandler:
                 del self.active[info.id]
             self.records.drop(info.id)
         self.metrics.bytes_received.inc(max(0, result.received))
+        if taken is not None:
+            self.metrics.bytes_spliced.inc(max(0, result.received))
         info = dataclasses.replace(info, offset=result.offset, last_write_at=time.time())
         self._log_progress(info, limits.start)
         if info.is_complete:
@@ -383,6 +405,7 @@ class TusHandler:
         """After the last request: let the body threads go (nothing is left for them to write)."""
         self.write_pool.shutdown(wait=False)
         self.hash_pool.shutdown(wait=False)
+        self.socket_pool.shutdown(wait=False)
         self.records.close()
 
     def begin_shutdown(self) -> None:
