@@ -136,7 +136,12 @@ class SocketPump:
 async def receive_from_socket(body: SocketBody, taken: TakenBody, writer: UploadWriter, limits: BodyLimits,
                               interruption: Interruption, threads: Executor) -> BodyResult:
     """receive_body for a body taken off the socket; `threads` runs the pump, one thread per request."""
-    pump = SocketPump(taken, writer, limits)
+    try:
+        pump = SocketPump(taken, writer, limits)
+    except OSError:  # out of descriptors: the request fails, the connection closes after the answer
+        os.close(taken.fd)
+        body.give_back(complete=False)
+        raise
     work = asyncio.get_running_loop().run_in_executor(threads, pump.run)
     ended = STOPPED
     stopped: errors.HTTPError | None = None
