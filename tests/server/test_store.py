@@ -89,9 +89,11 @@ def test_store_lost_checkpoint_gives_no_digest(store: FileStore) -> None:
     write(store, info, data[MIB + 7:2 * MIB])    # a new writer resumes the hash from the checkpoint
     with open(store.paths(info.id).data, "ab") as tail:
         tail.write(data[2 * MIB:2 * MIB + 5])   # bytes past the checkpoint (a crash after write, before sync)
+    store.background.submit(int).result()
     store.paths(info.id).checkpoint.unlink()
-    write(store, info, data[2 * MIB + 5:])       # no checkpoint: the digest is left to the finalizer's full read
-    assert store.digest_if_known(store.load(info.id)) is None
+    restarted = FileStore(store.staging_dir)    # the crash also took the running hash kept in memory
+    write(restarted, info, data[2 * MIB + 5:])   # no checkpoint: the digest is left to the finalizer's full read
+    assert restarted.digest_if_known(restarted.load(info.id)) is None
 
 
 @pytest.mark.skipif(not digest.available(), reason="libcrypto not loadable")
@@ -101,8 +103,10 @@ def test_store_checkpoint_rehashes_the_tail_past_it(store: FileStore) -> None:
     write(store, info, data[:MIB])
     with open(store.paths(info.id).data, "ab") as tail:
         tail.write(data[MIB:MIB + 1000])         # durable bytes the checkpoint does not cover yet
-    write(store, info, data[MIB + 1000:])
-    assert store.digest_if_known(store.load(info.id)) == hashlib.sha256(data).hexdigest()
+    store.background.submit(int).result()
+    restarted = FileStore(store.staging_dir)    # a crash: the checkpoint on disk is all there is
+    write(restarted, info, data[MIB + 1000:])
+    assert restarted.digest_if_known(restarted.load(info.id)) == hashlib.sha256(data).hexdigest()
 
 
 def test_store_rollback_cuts_the_chunk_and_restores_the_hash(store: FileStore) -> None:
@@ -122,6 +126,40 @@ def test_store_rollback_cuts_the_chunk_and_restores_the_hash(store: FileStore) -
 
 
 @pytest.mark.skipif(not digest.available(), reason="libcrypto not loadable")
+def test_store_next_request_resumes_the_running_hash_kept_in_memory(store: FileStore) -> None:
+    data = b"GGUF" + os.urandom(3 * MIB)
+    info = new_upload(store, length=len(data))
+    write(store, info, data[:MIB])
+    store.background.submit(int).result()
+    store.paths(info.id).checkpoint.unlink()  # only the state kept in memory can resume the hash now
+    writer = store.open_writer(store.load(info.id), MIB)
+    assert writer.hasher is not None
+    writer.close()
+    write(store, info, data[MIB:])
+    assert store.digest_if_known(store.load(info.id)) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.skipif(not digest.available(), reason="libcrypto not loadable")
+def test_store_rollback_forgets_a_running_hash_past_the_cut(store: FileStore) -> None:
+    # a request synced mid-way (its sync interval), then failed its Upload-Checksum: the hash kept at
+    # that sync covers bytes that are gone, and must not be resumed once the file regrows to that length
+    first, bad, good = b"GGUF" + os.urandom(MIB), os.urandom(MIB), os.urandom(MIB)
+    info = new_upload(store, length=len(first) + len(good) + 10)
+    write(store, info, first)
+    writer = store.open_writer(store.load(info.id), MIB)
+    state = writer.hash_state()
+    writer.write([bad])
+    writer.sync_interval_step()
+    assert store.running_hash(info.id, len(first) + len(bad)) is not None
+    writer.rollback(len(first), state)
+    writer.close()
+    assert store.running_hash(info.id, len(first) + len(bad)) is None
+    write(store, info, good)
+    write(store, info, b"0123456789")
+    assert store.digest_if_known(store.load(info.id)) == hashlib.sha256(first + good + b"0123456789").hexdigest()
+
+
+@pytest.mark.skipif(not digest.available(), reason="libcrypto not loadable")
 def test_store_hashing_alongside_the_write_gives_the_same_digest(store: FileStore) -> None:
     data = os.urandom(5 * MIB + 3)
     info = new_upload(store, length=len(data))
@@ -132,6 +170,8 @@ def test_store_hashing_alongside_the_write_gives_the_same_digest(store: FileStor
             writer.write(chunks[start:start + 4])
             if writer.sync_due():
                 writer.sync_interval_step()
+                assert store.running_hash(info.id, writer.offset) == writer.hash_state()
+                store.background.submit(int).result()  # the checkpoint file follows in the background
                 assert store.load_checkpoint(info.id) == (writer.offset, writer.hash_state())
         writer.sync()
         writer.close()

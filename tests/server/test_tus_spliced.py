@@ -18,7 +18,7 @@ import pytest
 
 from server.store.digest import ResumableSha256
 from server.store.filestore import FileStore
-from tests.support.processes import ServerProcess
+from tests.support.processes import ServerProcess, wait_for
 from tests.support.tus import client  # noqa: F401  (fixture)
 from tests.support.tus import (PATCH_TYPE, TusClient, assert_error, data_path, gguf_bytes, module_server,
                                read_status_line, send_truncated, upload_id, wait_offset)
@@ -36,11 +36,12 @@ def spliced_bytes(server: ServerProcess) -> float:
     return float(match.group(1))
 
 
-def checkpoint_digest(server: ServerProcess, location: str) -> tuple[int, str]:
-    """The running sha256 the server checkpointed with the durable offset."""
-    checkpoint = FileStore(server.staging_dir).load_checkpoint(upload_id(location))
-    assert checkpoint is not None, "no sha256 checkpoint was written"
-    return checkpoint[0], ResumableSha256(checkpoint[1]).hexdigest()
+def checkpoint_digest(server: ServerProcess, location: str, offset: int) -> str:
+    """The running sha256 the server checkpointed with the durable offset (written in the background)."""
+    store = FileStore(server.staging_dir)
+    checkpoint = wait_for(lambda: (lambda c: c if c is not None and c[0] == offset else None)(
+        store.load_checkpoint(upload_id(location))), 10, f"a checkpoint at {offset}")
+    return ResumableSha256(checkpoint[1]).hexdigest()
 
 
 def tus_headers(offset: int) -> dict[str, str]:
@@ -73,7 +74,7 @@ def test_a_large_body_is_spliced_hashed_from_the_page_cache_and_the_connection_k
     assert head.getheader("Upload-Offset") == str(5 * MIB)
     assert spliced_bytes(server) - before == 5 * MIB
     assert data_path(server, location).read_bytes() == MODEL[:5 * MIB]
-    assert checkpoint_digest(server, location) == (5 * MIB, hashlib.sha256(MODEL[:5 * MIB]).hexdigest())
+    assert checkpoint_digest(server, location, 5 * MIB) == hashlib.sha256(MODEL[:5 * MIB]).hexdigest()
 
 
 def test_a_spliced_upload_installs_with_the_digest_kept_while_receiving(client: TusClient,
@@ -140,7 +141,7 @@ def test_a_cut_connection_keeps_every_byte_that_arrived(client: TusClient, serve
     sock.close()
     wait_offset(client, location, 3 * MIB)
     assert data_path(server, location).read_bytes() == MODEL[:3 * MIB]
-    assert checkpoint_digest(server, location) == (3 * MIB, hashlib.sha256(MODEL[:3 * MIB]).hexdigest())
+    assert checkpoint_digest(server, location, 3 * MIB) == hashlib.sha256(MODEL[:3 * MIB]).hexdigest()
 
 
 def test_a_stalled_body_is_cut_after_the_idle_timeout_with_its_bytes_kept_and_the_connection_closed(

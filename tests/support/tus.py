@@ -111,6 +111,7 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
 @contextlib.contextmanager
 def nothing_stored(server: ServerProcess) -> Iterator[None]:
     """The block's requests must leave the staging store exactly as it was."""
+    settle()  # earlier requests' checkpoints are written after their answers
     before = {name: (server.staging_dir / "uploads" / name).stat().st_size for name in stored_files(server)}
     yield
     settle()
