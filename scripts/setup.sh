@@ -96,6 +96,9 @@ setup_web() {
 setup_test_tools() {
     command -v redis-server >/dev/null || apt_install redis-server
     [ -x /usr/bin/chromium ] || apt_install chromium
+    # the deploy tests lint scripts/start.sh and resolve docker-compose.yml (no Docker engine needed)
+    command -v shellcheck >/dev/null || apt_install shellcheck
+    command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || apt_install docker-compose
     [ -f tests/js/package.json ] && { setup_node; npm_install tests/js; }
     return 0
 }
