@@ -596,9 +596,7 @@ class UploadWriter:
 
     def rollback(self, offset: int, hash_state: bytes | None) -> None:
         """Cuts the file back to offset (a failed Upload-Checksum) and restores the running hash."""
-        if self._hashing is not None:
-            hashing, self._hashing = self._hashing, None
-            hashing.exception()  # the hasher must stop moving before it is replaced
+        self._wait_for_hashing()  # the hasher must stop moving before it is replaced
         os.ftruncate(self.fd, offset)
         if self.store.durable:
             os.fdatasync(self.fd)
@@ -609,9 +607,14 @@ class UploadWriter:
             self.store.running_hashes[self.info.id] = (offset, hash_state)
 
     def close(self) -> None:
-        if self._hashing is not None:
-            self._hashing.exception()  # it reads through this descriptor
+        self._wait_for_hashing()  # it reads through this descriptor
         os.close(self.fd)
+
+    def _wait_for_hashing(self) -> None:
+        """Lets a hash step in the pool end, without using its outcome (the writer is rolled back or closed)."""
+        if self._hashing is not None:
+            hashing, self._hashing = self._hashing, None
+            hashing.exception()
 
 
 def _drop_written_pages(fd: int, end: int) -> None:
