@@ -21,6 +21,11 @@ _METADATA_KEY = re.compile(r"^[\x21-\x7e]+$")
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 MAX_FILENAME_BYTES = 255
+# What a model's file name may hold. Every real GGUF name seen on Hugging Face fits (Qwen2.5-7B-Instruct-Q4_K_M.gguf,
+# mmproj-model-f16.gguf, x-00001-of-00003.gguf); anything wider lets look-alikes in: U+2215 DIVISION SLASH reads as
+# "/", U+FF0E as ".", Cyrillic "а" as Latin "a" (two models whose names look the same in llama-server's list)
+_FILENAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+ ()")
+_FILENAME_CHARS_SHOWN = "ASCII letters, digits, space and . _ - + ( )"
 
 
 def check_tus_resumable(value: str | None) -> None:
@@ -97,15 +102,15 @@ def validate_filename(name: str | None) -> str:
         raise errors.InvalidFilename(f"the filename is longer than {MAX_FILENAME_BYTES} bytes")
     if "/" in name or "\\" in name or ".." in name or name.startswith("."):
         raise errors.InvalidFilename(f"{_shown(name)} is not a plain file name (no /, \\, .. or leading dot)")
+    if name.startswith("-"):  # read as an option by the shell tools people run on the models directory
+        raise errors.InvalidFilename(f"{_shown(name)} starts with '-'; start the name with a letter or digit")
     for char in name:
-        category = unicodedata.category(char)
-        # Cc: control (NUL, CR, LF...), Cf: format (bidi overrides, zero-width), Zl/Zp: line breaks
-        if category in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
-            raise errors.InvalidFilename(f"the filename contains a control or invisible character U+{ord(char):04X}")
+        if char not in _FILENAME_CHARS:
+            raise errors.InvalidFilename(f"the filename contains {_describe(char)}, which is not allowed: "
+                                         f"use only {_FILENAME_CHARS_SHOWN}")
+    # (the safe set also keeps out control and invisible characters, and names that are not NFC)
     if name != name.strip():
         raise errors.InvalidFilename("the filename starts or ends with white space")
-    if unicodedata.normalize("NFC", name) != name:
-        raise errors.InvalidFilename("the filename is not in Unicode NFC form")
     if not name.lower().endswith(".gguf") or len(name) == len(".gguf"):
         raise errors.InvalidFilename(f"{_shown(name)} is not a .gguf file: only GGUF models can be uploaded")
     return name
@@ -113,6 +118,14 @@ def validate_filename(name: str | None) -> str:
 
 def _shown(name: str) -> str:
     return repr(name[:80])
+
+
+def _describe(char: str) -> str:
+    if " " < char < "\x7f":
+        return repr(char)
+    if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
+        return f"the control or invisible character U+{ord(char):04X}"
+    return f"U+{ord(char):04X} {unicodedata.name(char, '')}".rstrip()
 
 
 def validate_sha256(value: str | None) -> str | None:

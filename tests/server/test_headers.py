@@ -65,7 +65,7 @@ def test_metadata_size_limit() -> None:
     assert code_of(tus.parse_metadata, "k " + b64("x" * 100), 50) == "invalid_metadata"
 
 
-@pytest.mark.parametrize("name", ["m.gguf", "M.GGUF", "a b.gguf", "ü.gguf"])
+@pytest.mark.parametrize("name", ["m.gguf", "M.GGUF", "a b.gguf"])
 def test_filename_valid(name: str) -> None:
     assert tus.validate_filename(name) == name
 
@@ -128,3 +128,32 @@ def test_upload_id_from_url(url: str, expected: str | None) -> None:
 ])
 def test_parse_forwarded(headers: dict[str, str], expected: tuple[str | None, str | None]) -> None:
     assert tus.parse_forwarded(headers) == expected
+
+
+# Names real GGUF files carry on Hugging Face: all inside the safe set
+@pytest.mark.parametrize("name", ["Qwen2.5-7B-Instruct-Q4_K_M.gguf", "mmproj-model-f16.gguf",
+                                  "x-00001-of-00003.gguf", "Meta-Llama-3.1-8B-Instruct.IQ4_XS.gguf",
+                                  "llama-2-7b.Q4_K_M.gguf", "gemma+lora.gguf", "Llama 3 8B (Q4_K_M).gguf"])
+def test_filename_real_hugging_face_names_are_accepted(name: str) -> None:
+    assert tus.validate_filename(name) == name
+
+
+# Look-alikes of path syntax, and anything outside ASCII letters, digits, space and . _ - + ( ):
+# U+2215 DIVISION SLASH and U+2044 FRACTION SLASH look like "/", U+FF0E FULLWIDTH FULL STOP and U+2024 ONE DOT
+# LEADER like ".", Cyrillic "а" like Latin "a" (two models whose names look the same)
+@pytest.mark.parametrize(("name", "shown"), [
+    ("\u2215etc.gguf", "U+2215"), ("a\u2044b.gguf", "U+2044"), ("\uff0e\uff0e.gguf", "U+FF0E"),
+    ("a\u2024\u2024b.gguf", "U+2024"), ("\uff3cx.gguf", "U+FF3C"), ("mod\u0435l.gguf", "U+0435"),
+    ("\u00fc.gguf", "U+00FC"), ("a:b.gguf", "':'"), ("a*b.gguf", "'*'"), ("a%2fb.gguf", "'%'"),
+    ("a\"b.gguf", "'\"'"), ("a;b.gguf", "';'"), ("a\u00a0b.gguf", "U+00A0"),
+])
+def test_filename_outside_the_safe_set_names_the_character(name: str, shown: str) -> None:
+    with pytest.raises(errors.HTTPError) as caught:
+        tus.validate_filename(name)
+    assert caught.value.code == "invalid_filename" and caught.value.status == 400
+    assert shown in caught.value.message
+
+
+@pytest.mark.parametrize("name", ["-rf.gguf", "--help.gguf", ".hidden.gguf"])
+def test_filename_leading_dash_or_dot_is_refused(name: str) -> None:
+    assert code_of(tus.validate_filename, name) == "invalid_filename"
