@@ -32,7 +32,7 @@ from server.store.filestore import FileStore, write_atomic
 from server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, TERMINAL_STATES, UploadInfo
 from server.tus import headers as tus
 from server.tus.assemble import assemble_final
-from server.tus.body import BodyLimits, Interruption, receive_body
+from server.tus.body import BodyLimits, Interruption, receive_body, stopped_error
 from server.tus.spliced import receive_from_socket
 
 log = logging.getLogger("modeldrop.tus")
@@ -43,6 +43,18 @@ EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "term
 STATUS_HEADER = "Modeldrop-Status"
 SPLICE_FROM = 1024 * 1024  # bodies at least this large are taken off the socket when the server offers it
 SOCKET_THREADS = 256       # requests taking their body off the socket at once; more read through ASGI
+
+
+class _ReleaseRelay:
+    """An upload lock's release callback: interrupts the body being read, once one is; before that, the
+    lock's release_requested flag keeps the request and _write_body lets go before reading a byte."""
+
+    def __init__(self) -> None:
+        self.interruption: Interruption | None = None
+
+    def __call__(self) -> None:
+        if self.interruption is not None:
+            self.interruption.interrupt("another request asked for this upload")
 
 
 class TusHandler:
@@ -295,13 +307,18 @@ class TusHandler:
     async def _write_body(self, request: Request, info: UploadInfo, lock: Any,
                           checksum: tus.Checksum | None = None) -> UploadInfo:
         """Stores the body, answers with the durable offset; raises the error that stopped it, if any."""
+        if lock.release_requested:
+            # asked to let go between taking the lock and now: the newcomer gets the upload before a byte is read
+            stopped = stopped_error(errors.InternalError, "another request asked for this upload")
+            stopped.headers.setdefault("Upload-Offset", str(info.offset))
+            raise stopped
         interruption = Interruption()
         self.records.drop(info.id)  # inotify would too, but this process's own writes need no round trip
         previous = self.active.get(info.id)
         if previous is not None:
             previous.interrupt("a newer request took over this upload")
         self.active[info.id] = interruption
-        lock.on_release_requested = lambda: interruption.interrupt("another request asked for this upload")
+        lock.on_release_requested.interruption = interruption  # no await since the check above: nothing is lost
         writer = await asyncio.to_thread(self.store.open_writer, info, self.settings.sync_interval, self.hash_pool)
         if checksum is not None:
             await asyncio.to_thread(self._mark_pending, info.id, info.offset)
@@ -376,7 +393,10 @@ class TusHandler:
             log.warning("upload=%s could not be queued for finalize yet: %s", info.id, exc)
 
     async def _lock(self, upload_id: str) -> Any:
-        lock = await self.locker.acquire(f"upload-{upload_id}", lambda: None)
+        # the real release callback from the moment the lock is held (tusd's order): one set later, when the
+        # body starts, missed a request that came while the record was read and the headers checked, and the
+        # newcomer then waited out the lock timeout into a 423
+        lock = await self.locker.acquire(f"upload-{upload_id}", _ReleaseRelay())
         if lock.waited:
             self.metrics.lock_waits.inc()
         return lock
