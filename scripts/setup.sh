@@ -98,6 +98,8 @@ setup_test_tools() {
     [ -x /usr/bin/chromium ] || apt_install chromium
     # the deploy tests lint scripts/start.sh and resolve docker-compose.yml (no Docker engine needed)
     command -v shellcheck >/dev/null || apt_install shellcheck
+    # the power-cut tests mount a FUSE filesystem (tests/support/powercut.py: mfusepy on libfuse3)
+    command -v fusermount3 >/dev/null || apt_install fuse3
     command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || apt_install docker-compose
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx-light  # tests/reliability/test_load_balancer.py
     [ -f tests/js/package.json ] && { setup_node; npm_install tests/js; }
