@@ -23,7 +23,7 @@ from typing import Any
 from server import gguf
 from server.catalog import Catalog, public_facts, sha256_of
 from server.finalizer import finalize_lock_name
-from server.locks import RENEW_EVERY, Held, LockSpace
+from server.locks import LOCK_TTL_MS, RENEW_EVERY, Held, LockSpace
 from server.settings import Settings
 from server.store.filestore import FileStore, fsync_directory, remove_entry, write_atomic
 from server.store.info import FAILED, INSTALLED, TERMINAL_STATES, VERIFYING, UploadInfo
@@ -38,6 +38,14 @@ PROGRESS_EVERY = 2.0
 
 class Busy(Exception):
     """Another process is finalizing this upload right now; RQ retries later."""
+
+
+class LockLost(Busy):
+    """The job's lock lapsed or another process took it: the job stops before it publishes anything.
+
+    Another holder may be running the same job, so nothing more is written for this one; RQ's retry (or the
+    server's requeue loop) runs it again, and the job's idempotence does the rest.
+    """
 
 
 @dataclasses.dataclass
@@ -86,26 +94,96 @@ def finalize_upload(upload_id: str) -> dict[str, Any]:
         return _finalize(ctx, upload_id)
 
 
+class _Guard:
+    """One held lock of this job: renewed in the background, and known lost as soon as it may be.
+
+    With Redis the lock is a key with a TTL; a worker that stalls (swap, a hung disk) past it, or a renewal
+    that finds the key gone or someone else's, means a second worker may be running the same job. The
+    job then stops at its next check: during the hash, and above all right before anything is published.
+    """
+
+    def __init__(self, held: Held, name: str) -> None:
+        self.held = held
+        self.name = name
+        self.lost: str | None = None
+        self.renewed_at = time.monotonic()
+
+    def renew(self) -> None:
+        """Called every RENEW_EVERY seconds by the renewer thread."""
+        try:
+            renewed = self.held.renew()
+        except Exception as exc:  # a Redis blip: the lock is still ours until its TTL may have run out
+            if time.monotonic() - self.renewed_at >= LOCK_TTL_MS / 1000 - RENEW_EVERY:
+                self.lost = f"the lock {self.name} could not be renewed before it expired: {exc}"
+            return
+        if renewed:
+            self.renewed_at = time.monotonic()
+        else:
+            self.lost = f"the lock {self.name} expired or was taken by another process"
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise LockLost(self.lost)
+
+    def confirm(self) -> None:
+        """Before a step that cannot be undone: renews now, so the lock is ours for a whole TTL from here."""
+        self.check()
+        try:
+            renewed = self.held.renew()
+        except Exception as exc:
+            raise LockLost(f"the lock {self.name} could not be confirmed: {exc}") from None
+        if not renewed:
+            self.lost = f"the lock {self.name} expired or was taken by another process"
+            raise LockLost(self.lost)
+        self.renewed_at = time.monotonic()
+
+
+_guards = threading.local()  # the locks the job running in this thread holds, outermost first
+
+
+def _held_guards() -> list[_Guard]:
+    if not hasattr(_guards, "stack"):
+        _guards.stack = []
+    return _guards.stack  # type: ignore[no-any-return]
+
+
+def _check_locks() -> None:
+    """Cheap (no Redis round trip): raises LockLost if the renewer found any of the job's locks lost."""
+    for guard in _held_guards():
+        guard.check()
+
+
+def _confirm_locks() -> None:
+    """Right before publishing (or moving data where another job would publish it): every lock still ours."""
+    for guard in _held_guards():
+        guard.confirm()
+
+
 @contextlib.contextmanager
 def _holding(locks: LockSpace, name: str, wait: float) -> Iterator[Held | None]:
     held = locks.acquire_blocking(name, wait)
     if held is None:
         yield None
         return
+    guard = _Guard(held, name)
     stop = threading.Event()
 
     def renew() -> None:
-        while not stop.wait(RENEW_EVERY):
-            with contextlib.suppress(Exception):
-                held.renew()
+        while guard.lost is None and not stop.wait(RENEW_EVERY):
+            guard.renew()
+        if guard.lost is not None:
+            log.warning("%s; the job stops at its next check", guard.lost)
 
     renewer = threading.Thread(target=renew, name=f"renew-{name}", daemon=True)
     renewer.start()
+    stack = _held_guards()
+    stack.append(guard)
     try:
         yield held
     finally:
+        stack.remove(guard)
         stop.set()
-        held.release()
+        held.release()  # a Redis lock is only deleted if it still holds this job's token
 
 
 class Rejected(Exception):
@@ -131,7 +209,10 @@ def _finalize(ctx: Context, upload_id: str) -> dict[str, Any]:
     try:
         return _install(ctx, info, store.read_status(upload_id) or {})
     except Rejected as exc:
+        _confirm_locks()  # a job that lost its lock records nothing: another one owns the outcome now
         return _fail(ctx, info, str(exc))
+    except LockLost:
+        raise
     except Exception as exc:
         store.write_status(upload_id, last_error=f"{type(exc).__name__}: {exc}")
         raise
@@ -150,6 +231,7 @@ def _install(ctx: Context, info: UploadInfo, status: dict[str, Any]) -> dict[str
     if shard is not None:
         _check_shard_keys(shard, facts)
     digest = _sha256(ctx, info, data)
+    _check_locks()
     if info.sha256_expected and info.sha256_expected != digest:
         raise Rejected(f"sha256 mismatch: the file's sha256 is {digest} but {info.sha256_expected} was expected; "
                        "the upload is corrupt or the expected digest is for another file")
@@ -160,6 +242,7 @@ def _install(ctx: Context, info: UploadInfo, status: dict[str, Any]) -> dict[str
     if shard is not None:
         return _stage_shard(ctx, info, shard, data)
     target = ctx.models_dir / info.filename
+    _confirm_locks()
     try:
         publish(data, target, overwrite=settings.allow_overwrite)
     except NameTaken:
@@ -205,6 +288,7 @@ def _sha256(ctx: Context, info: UploadInfo, data: Path) -> str:
 
     def report(done: int) -> None:
         nonlocal last_report
+        _check_locks()  # a lost lock stops a long hash here, not minutes later
         if time.monotonic() - last_report > PROGRESS_EVERY and info.length:
             last_report = time.monotonic()
             ctx.store.write_status(info.id, progress=round(done / info.length, 4))
@@ -277,6 +361,7 @@ def _stage_shard(ctx: Context, info: UploadInfo, shard: gguf.ShardName, data: Pa
         set_dir.mkdir(parents=True, exist_ok=True)
         members = _read_members(ctx, shard.prefix)
         previous = members.get(str(shard.number))
+        _confirm_locks()
         if data is not None:
             os.replace(data, set_dir / info.filename)  # type: ignore[operator]
             fsync_directory(set_dir)
@@ -312,6 +397,7 @@ def _publish_set(ctx: Context, shard: gguf.ShardName, set_dir: Path, members: di
                 raise gguf.GGUFError(f"{path.name} does not belong to the split set {shard.prefix!r}")
             shards.append((name, gguf.verify_file(path)))
         gguf.check_split_set(shards)
+        _confirm_locks()
         publish(set_dir, ctx.models_dir / shard.prefix, overwrite=ctx.settings.allow_overwrite)
     except (gguf.GGUFError, NameTaken) as exc:
         if isinstance(exc, gguf.GGUFError):
