@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 
 from server.finalizer import QUEUE_NAME
@@ -22,12 +25,38 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="finish the jobs queued now, then exit (for scripts and tests)")
 
 
-def work(settings: Settings, burst: bool) -> None:
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with(parent: int) -> None:
+    """SIGKILL this process when `parent` dies (Linux's PR_SET_PDEATHSIG), or now if it already has.
+
+    RQ forks a scheduler and a work horse per job. A child that outlives a killed worker keeps the
+    worker's Redis socket (inherited by fork) open, so Redis keeps the dead worker's blocked BLMOVE and
+    hands it the next job, which then sits in RQ's intermediate list where no one reads it.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("PR_SET_PDEATHSIG failed (errno %d): children may outlive a killed worker", ctypes.get_errno())
+    if os.getppid() != parent:  # it died before the call above
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _children_die_with_this_process() -> None:
+    forking = [0]
+    os.register_at_fork(before=lambda: forking.__setitem__(0, os.getpid()),
+                        after_in_child=lambda: die_with(forking[0]))
+
+
+def work(settings: Settings, burst: bool, parent: int | None = None) -> None:
     import redis
     from rq import Queue, Worker
 
     from worker.finalize import configure
 
+    if parent is not None:  # one of --workers N: dies with `modeldrop worker`
+        die_with(parent)
+    _children_die_with_this_process()
     configure_logging(settings.log_level)
     configure(settings)
     connection = redis.Redis.from_url(settings.redis_url)  # type: ignore[arg-type]
@@ -53,7 +82,8 @@ def run(command: str, args: argparse.Namespace) -> int:
         work(settings, args.burst)
         return 0
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=work, args=(settings, args.burst)) for _ in range(settings.workers)]
+    children = [context.Process(target=work, args=(settings, args.burst, os.getpid()))
+                for _ in range(settings.workers)]
     for child in children:
         child.start()
     for child in children:
