@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import subprocess
 import sys
 import time
@@ -24,15 +23,6 @@ from tests.support.processes import REPO, ServerProcess, wait_for
 
 MIB = 1024 * 1024
 CLIENT_TIMEOUT = 240
-
-
-@pytest.fixture
-def client_env(tmp_path: Path) -> dict[str, str]:
-    """The client's environment: its own state file, and none of the developer's modeldrop settings."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MODELDROP_")}
-    env["MODELDROP_STATE_FILE"] = str(tmp_path / "client-state" / "uploads.json")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def cli_argv(*args: str) -> list[str]:
