@@ -39,6 +39,7 @@ def job_timeout(length: int | None) -> int:
 class Finalizer(Protocol):
     def submit(self, upload_id: str, abandoned: bool = False) -> None: ...
     def is_pending(self, upload_id: str) -> bool: ...
+    def will_run(self, upload_id: str, grace: float) -> bool: ...
     def queue_depth(self) -> int: ...
     def close(self) -> None: ...
 
@@ -69,6 +70,9 @@ class EmbeddedFinalizer:
 
     def is_pending(self, upload_id: str) -> bool:
         return upload_id in self.pending
+
+    def will_run(self, upload_id: str, grace: float) -> bool:
+        return upload_id in self.pending  # this process's own executor: its word is good
 
     def queue_depth(self) -> int:
         return len(self.pending)
@@ -102,6 +106,8 @@ class RQFinalizer:
                 Job.fetch(job_id(upload_id), connection=self.connection).delete()
             except NoSuchJobError:
                 pass
+        # a dead reader's copy: RQ's own cleanup of this list would otherwise fail the new job later
+        self.connection.lrem(self.queue.intermediate_queue_key, 0, job_id(upload_id))
         info = self.store.load(upload_id)
         self.queue.enqueue(JOB, args=(upload_id,), job_id=job_id(upload_id), job_timeout=job_timeout(info.length),
                            retry=self.retry, result_ttl=86400, failure_ttl=7 * 86400,
@@ -116,6 +122,19 @@ class RQFinalizer:
         except NoSuchJobError:
             return False
         return str(getattr(status, "value", status)) in ("queued", "started", "deferred", "scheduled")
+
+    def will_run(self, upload_id: str, grace: float) -> bool:
+        """Whether a live worker will take the job without help: it is in the queue's list itself, or
+        scheduled for a retry due less than `grace` seconds ago. Not RQ's status: 'queued' is also what
+        RQ says of a job a dead worker's connection took into the intermediate list, and 'started' of one
+        whose worker was killed; whether someone runs it is the finalize lock's word, not the queue's."""
+        from rq.registry import ScheduledJobRegistry
+
+        key = job_id(upload_id)
+        if self.connection.lpos(self.queue.key, key) is not None:
+            return True
+        due = self.connection.zscore(ScheduledJobRegistry(queue=self.queue).key, key)
+        return due is not None and float(due) > time.time() - grace
 
     def queue_depth(self) -> int:
         return int(self.queue.count)
@@ -151,15 +170,17 @@ def requeue_stuck(store: FileStore, finalizer: Finalizer, locks: LockSpace, ids:
             continue  # a staged shard: the set's last shard publishes it
         if ids is None and now - float(status.get("updated_at", 0)) < stale_after:
             continue
-        pending = finalizer.is_pending(upload_id)
-        if pending and status.get("state") != "verifying":
-            continue
         held = locks.try_acquire(finalize_lock_name(upload_id))
         if held is None:
             continue  # a worker is on it right now
         held.release()
+        if finalizer.will_run(upload_id, grace=stale_after):
+            continue  # waiting in the queue for a worker
         if not status:
             store.mark_queued(info)
-        finalizer.submit(upload_id, abandoned=pending)  # verifying, a job "running", but nobody holds the lock
+        # nobody holds the lock and no worker will take the job on its own, whatever RQ calls it (queued in
+        # a dead reader's hands, started by a killed worker): replace it. A duplicate run is harmless, it
+        # waits for the finalize lock and finds the outcome recorded.
+        finalizer.submit(upload_id, abandoned=True)
         requeued.append(upload_id)
     return requeued
