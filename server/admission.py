@@ -20,6 +20,38 @@ def installed_name(filename: str) -> str:
     return shard.prefix if shard else filename
 
 
+def model_id(entry: str) -> str:
+    """llama-server's id for an entry of the models directory: a file without `.gguf`, a split set's folder."""
+    return entry[:-5] if entry.lower().endswith(".gguf") else entry
+
+
+def same_model_entries(models_dir: Path, entry: str) -> list[str]:
+    """Other entries llama-server would list under entry's model id: `X/` beside `X.gguf`, or `X.GGUF`.
+
+    Neither can replace the other in one rename (a folder and a file), so they are refused even with
+    --allow-overwrite. Shown as `X/` for a folder.
+    """
+    wanted = model_id(entry)
+    try:
+        names = os.listdir(models_dir)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        if name == entry or name.startswith(".") or model_id(name) != wanted:
+            continue
+        is_dir = os.path.isdir(os.path.join(models_dir, name))
+        if is_dir or name.lower().endswith(".gguf"):  # a plain file without .gguf is not a model
+            found.append(name + "/" if is_dir else name)
+    return sorted(found)
+
+
+def describe_same_model(entry: str, folder: bool, others: list[str]) -> str:
+    shown = entry + "/" if folder else entry
+    return (f"{others[0]!r} is already installed as llama-server model {model_id(entry)!r}; {shown!r} would be a "
+            "second model with that id")
+
+
 class Admission:
     def __init__(self, settings: Settings, store: FileStore) -> None:
         self.settings = settings
@@ -47,10 +79,15 @@ class Admission:
                                       headers={"WWW-Authenticate": 'Bearer realm="modeldrop", error="invalid_token"'})
 
     def check_name_free(self, filename: str) -> None:
-        """A model that is installed is never replaced silently (unless overwriting is enabled)."""
+        """A model that is installed is never replaced silently (unless overwriting is enabled), and never
+        shadowed by a second entry with its llama-server id (not even with overwriting)."""
+        name = installed_name(filename)
+        others = same_model_entries(Path(self.settings.models_dir), name)
+        if others:
+            reason = describe_same_model(name, name != filename, others)
+            raise errors.AlreadyInstalled(f"{reason}: delete it first or upload under another name")
         if self.settings.allow_overwrite:
             return
-        name = installed_name(filename)
         if (Path(self.settings.models_dir) / name).exists():
             what = "a split model" if name != filename else "a model"
             raise errors.AlreadyInstalled(f"{what} named {name!r} is already installed; delete it first or "

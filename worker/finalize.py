@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from server import gguf
+from server.admission import describe_same_model, model_id, same_model_entries
 from server.catalog import Catalog, public_facts, sha256_of
 from server.finalizer import finalize_lock_name
 from server.locks import LOCK_TTL_MS, RENEW_EVERY, Held, LockSpace
@@ -242,14 +243,35 @@ def _install(ctx: Context, info: UploadInfo, status: dict[str, Any]) -> dict[str
     if shard is not None:
         return _stage_shard(ctx, info, shard, data)
     target = ctx.models_dir / info.filename
-    _confirm_locks()
-    try:
-        publish(data, target, overwrite=settings.allow_overwrite)
-    except NameTaken:
-        if not same_file(data, target):  # a link made before a crash is ours; anything else is not
-            raise Rejected(f"a model named {info.filename!r} is already installed; it was not replaced") from None
-        data.unlink()
+    with _holding_model_id(ctx, info.filename):
+        _refuse_same_model(ctx, info.filename, folder=False)
+        _confirm_locks()
+        try:
+            publish(data, target, overwrite=settings.allow_overwrite)
+        except NameTaken:
+            if not same_file(data, target):  # a link made before a crash is ours; anything else is not
+                raise Rejected(f"a model named {info.filename!r} is already installed; it was not replaced") from None
+            data.unlink()
     return _record_installed(ctx, info, target, info.filename)
+
+
+@contextlib.contextmanager
+def _holding_model_id(ctx: Context, entry: str) -> Iterator[None]:
+    """One publisher at a time per llama-server model id, so the check below and the rename are one step for
+    modeldrop: a file `X.gguf` and a split set `X/` finishing together cannot both get in."""
+    name = "model-" + hashlib.sha256(model_id(entry).encode()).hexdigest()[:32]
+    with _holding(ctx.locks, name, 60.0) as held:
+        if held is None:
+            raise Busy(f"another install of model {model_id(entry)!r} is under way")
+        yield
+
+
+def _refuse_same_model(ctx: Context, entry: str, folder: bool) -> None:
+    """The authoritative check (creation's can be overtaken): no second entry with the same model id."""
+    others = same_model_entries(ctx.models_dir, entry)
+    if others:
+        raise Rejected(f"{describe_same_model(entry, folder, others)}; it was not installed (a folder and a file "
+                       "cannot replace each other in one step: delete the installed one first)")
 
 
 def _verify(ctx: Context, info: UploadInfo, data: Path) -> gguf.GGUFFacts:
@@ -397,11 +419,15 @@ def _publish_set(ctx: Context, shard: gguf.ShardName, set_dir: Path, members: di
                 raise gguf.GGUFError(f"{path.name} does not belong to the split set {shard.prefix!r}")
             shards.append((name, gguf.verify_file(path)))
         gguf.check_split_set(shards)
-        _confirm_locks()
-        publish(set_dir, ctx.models_dir / shard.prefix, overwrite=ctx.settings.allow_overwrite)
-    except (gguf.GGUFError, NameTaken) as exc:
+        with _holding_model_id(ctx, shard.prefix):
+            _refuse_same_model(ctx, shard.prefix, folder=True)
+            _confirm_locks()
+            publish(set_dir, ctx.models_dir / shard.prefix, overwrite=ctx.settings.allow_overwrite)
+    except (gguf.GGUFError, NameTaken, Rejected) as exc:
         if isinstance(exc, gguf.GGUFError):
             reason = exc.reason
+        elif isinstance(exc, Rejected):
+            reason = str(exc)
         elif ctx.settings.allow_overwrite:  # only a filesystem that cannot swap folders refuses then
             reason = f"the installed {shard.prefix!r} could not be replaced: {exc}"
         else:
@@ -478,7 +504,7 @@ def _notify(ctx: Context, entry: str) -> dict[str, Any] | None:
 
 
 def _model_id(entry: str) -> str:
-    return entry[:-5] if entry.lower().endswith(".gguf") else entry
+    return model_id(entry)
 
 
 def _fail(ctx: Context, info: UploadInfo, reason: str) -> dict[str, Any]:
