@@ -30,16 +30,24 @@ InvalidFilename = _error("InvalidFilename", 400, "invalid_filename", "the filena
 NotGGUF = _error("NotGGUF", 400, "not_gguf", "the file does not start with the GGUF magic: it is not a GGUF model")
 Unauthorized = _error("Unauthorized", 401, "unauthorized", "a valid bearer token is required")
 Forbidden = _error("Forbidden", 403, "forbidden", "this operation is not allowed on this upload")
+CrossOrigin = _error("CrossOrigin", 403, "cross_origin",
+                     "requests from another web site are not accepted by this server")
 NotFound = _error("NotFound", 404, "not_found", "no such upload")
 OffsetMismatch = _error("OffsetMismatch", 409, "offset_mismatch", "Upload-Offset does not match the upload's offset")
 AlreadyInstalled = _error("AlreadyInstalled", 409, "already_installed", "a model with this name is already installed")
+RequestTimeout = _error("RequestTimeout", 408, "request_timeout",
+                        "the request's headers did not arrive in time; the connection is closed")
 Gone = _error("Gone", 410, "gone", "this upload expired or was terminated")
 TooLarge = _error("TooLarge", 413, "too_large", "the upload is larger than allowed")
 PreconditionFailed = _error("PreconditionFailed", 412, "unsupported_version", "unsupported tus version")
 UnsupportedMediaType = _error("UnsupportedMediaType", 415, "unsupported_media_type",
                               "PATCH needs Content-Type: application/offset+octet-stream")
+MisdirectedHost = _error("MisdirectedHost", 421, "unknown_host",
+                         "this server does not answer to this host name")
 Locked = _error("Locked", 423, "locked", "another request is writing this upload; retry shortly")
 TooManyUploads = _error("TooManyUploads", 429, "too_many_uploads", "too many unfinished uploads; retry later")
+HeadersTooLarge = _error("HeadersTooLarge", 431, "headers_too_large",
+                         "the request's headers are too large; the connection is closed")
 ChecksumMismatch = _error("ChecksumMismatch", 460, "checksum_mismatch",
                           "Upload-Checksum does not match the bytes received; they were discarded")
 InternalError = _error("InternalError", 500, "internal_error", HTTPError.default_message)

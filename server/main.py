@@ -21,6 +21,7 @@ from server.directories import check_directories
 from server.libc import keep_freed_heap
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, add_arguments as add_setting_arguments
+from server.bounded_head import HeadLimits
 from server.socket_body import SocketBodyProtocol
 
 log = logging.getLogger("modeldrop.main")
@@ -63,7 +64,8 @@ def build_config(settings: Settings, fd: int | None = None) -> uvicorn.Config:
         port=settings.port,
         fd=fd,
         loop="uvloop",
-        http=SocketBodyProtocol,  # httptools, offering large bodies' sockets to the tus handler
+        # httptools with bounded request heads, offering large bodies' sockets to the tus handler
+        http=SocketBodyProtocol.with_limits(HeadLimits.from_settings(settings)),
         lifespan="on",
         log_level=settings.log_level,
         access_log=False,
@@ -71,7 +73,7 @@ def build_config(settings: Settings, fd: int | None = None) -> uvicorn.Config:
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
         proxy_headers=False,  # forwarded headers are honoured only with --trust-proxy, by the app itself
         server_header=False,
-        h11_max_incomplete_event_size=64 * 1024,
+        h11_max_incomplete_event_size=settings.max_header_size,
         limit_concurrency=1024,
     )
 

@@ -101,6 +101,12 @@ OPTIONS: tuple[Option, ...] = (
            commands=("serve",)),
     Option("cors_origins", parse_list, ("*",), "origins allowed by CORS (comma-separated; * for any)",
            commands=("serve",)),
+    Option("max_header_size", parse_size, 32 * KIB, "largest request line plus headers accepted (431 above)",
+           commands=("serve",)),
+    Option("max_header_lines", int, 100, "most header lines in one request (431 above)", commands=("serve",)),
+    Option("header_timeout", float, 30.0,
+           "seconds a client gets to send a request's headers, from its first byte or its connection",
+           commands=("serve",)),
     Option("idle_timeout", float, 60.0, "seconds a PATCH may send nothing before it is cut", commands=("serve",)),
     Option("lock_timeout", float, 10.0, "seconds a request waits for an upload's lock before 423",
            commands=("serve",)),
@@ -148,6 +154,9 @@ class Settings:
     fsync: bool = True
     trust_proxy: bool = False
     cors_origins: tuple[str, ...] = ("*",)
+    max_header_size: int = 32 * KIB
+    max_header_lines: int = 100
+    header_timeout: float = 30.0
     idle_timeout: float = 60.0
     lock_timeout: float = 10.0
     sync_interval: int = 256 * MIB
@@ -177,6 +186,14 @@ class Settings:
             raise SettingsError("--workers must be at least 1")
         if self.idle_timeout <= 0 or self.lock_timeout <= 0:
             raise SettingsError("--idle-timeout and --lock-timeout must be positive")
+        if self.header_timeout <= 0:
+            raise SettingsError("--header-timeout must be positive")
+        if self.max_header_lines < 16:
+            raise SettingsError("--max-header-lines must be at least 16: browsers send a dozen or more")
+        if self.max_header_size < self.max_metadata + 8 * KIB:
+            raise SettingsError(f"--max-header-size ({self.max_header_size} bytes) must leave room for "
+                                f"--max-metadata ({self.max_metadata} bytes) and the other headers: at least "
+                                f"{self.max_metadata + 8 * KIB}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"--log-level must be debug, info, warning or error, not {self.log_level!r}")
 

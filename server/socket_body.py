@@ -16,7 +16,9 @@ import os
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from server.bounded_head import BoundedHeadProtocol
 
 EXTENSION = "modeldrop.socket_body"
 
@@ -71,7 +73,7 @@ class SocketBody:
             self._cycle.keep_alive = False
 
 
-class SocketBodyProtocol(HttpToolsProtocol):
+class SocketBodyProtocol(BoundedHeadProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.parser = self.new_parser()

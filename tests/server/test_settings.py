@@ -63,3 +63,15 @@ def test_settings_invalid_values_are_refused(values: dict[str, object]) -> None:
 ])
 def test_settings_exposure_without_token(values: dict[str, object], refused: bool) -> None:
     assert (Settings.from_values(values).check_exposure() is not None) is refused
+
+
+@pytest.mark.parametrize("values", [{"max_header_size": 8 * 1024}, {"max_header_size": 64 * 1024, "max_metadata": 60 * 1024},
+                                    {"header_timeout": 0}, {"max_header_lines": 5}])
+def test_settings_request_head_bounds_are_checked(values: dict[str, object]) -> None:
+    with pytest.raises(SettingsError):
+        Settings.from_values(values)
+
+
+def test_settings_request_head_bounds_default_to_32kib_100_lines_30_s() -> None:
+    settings = Settings.from_env({})
+    assert (settings.max_header_size, settings.max_header_lines, settings.header_timeout) == (32 * 1024, 100, 30.0)
