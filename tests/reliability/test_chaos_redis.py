@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.clients import NodeUpload
+from tests.e2e.proxy import Proxy
 from tests.reliability.conftest import Figures
 from tests.reliability.support import make_models, sha256_file, status_of, upload_id
 from tests.support.processes import RedisProcess, ServerProcess, WorkerProcess, descendants, wait_for
@@ -161,3 +162,106 @@ def test_killed_worker_leaves_no_process_behind(
         for pid in tree:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+RETRY_DELAYS = [0, 200, 500, 1000] + [1000] * 200
+
+
+def run_chaos(start_server: Callable[..., ServerProcess], redis_server: RedisProcess,
+              start_worker: Callable[..., WorkerProcess], tmp_path: Path, record: Figures, *, uploads: int,
+              mib: float, kills: int, seed: int, rate_mib: float) -> None:
+    """`uploads` tus-js-client uploads (one PATCH each, retries on) into one server and one worker, each
+    killed (main process only) at random moments 0.5-2.5 s apart, server 70 %, worker 30 %, restarted
+    0.1-1 s later. Every upload must be installed byte-identical within seconds of the chaos's end.
+    The clients go through a relay that limits each connection to `rate_mib` MiB/s: loopback is so fast
+    here that the uploads would end before the kills begin."""
+    record.fault_kind = "kills"
+    server = start_server(redis_url=redis_server.url, env=FAST, sync_interval="4MiB", idle_timeout=5,
+                          lock_timeout=3)
+    worker = start_worker(redis_server.url)
+    models = make_models(tmp_path / "sources", uploads, mib, "chaos")
+    relay = Proxy(server, rate=rate_mib * 1024 * 1024)
+    clients = [NodeUpload(model, f"{relay.url}/files/", retry_delays=RETRY_DELAYS) for model in models]
+    rng = random.Random(seed)
+    kinds = {"server": 0, "worker": 0}
+    orphans: list[int] = []
+    chaos_end = time.time()
+    try:
+        while record.faults < kills and any(client.proc.poll() is None for client in clients):
+            time.sleep(rng.uniform(0.5, 2.5))
+            victim: ServerProcess | WorkerProcess = server if rng.random() < 0.7 else worker
+            tree = descendants(victim.pid)
+            kill_main_process(victim)
+            record.faults += 1
+            kinds[victim.name] += 1
+            time.sleep(rng.uniform(0.1, 1.0))
+            orphans += [pid for pid in tree if alive(pid)]
+            victim.start()
+            chaos_end = time.time()
+        for client in clients:
+            client.wait(timeout=120)
+        problems, waits, resumes = [], [], 0
+        for model, client in zip(models, clients):
+            successes = client.of("success")
+            resumes += sum(1 for event in client.of("response")
+                           if event["method"] == "HEAD" and event["status"] == 200 and int(event["offset"] or 0) > 0)
+            if not successes:
+                record.lost += 1
+                problems.append(f"{model.name}: tus-js-client gave up:\n{client.transcript(10)}")
+                continue
+            last_byte = float(successes[-1]["time"])
+            uid = upload_id(str(successes[-1]["url"]))
+            status = wait_terminal_or_none(server, uid, REACH_WORKER + 30)
+            if status is None:
+                record.lost += 1
+                state = (status_of(server.url, uid) or {}).get("state")
+                problems.append(f"{model.name}: still {state} {time.time() - max(last_byte, chaos_end):.0f} s after "
+                                "its last byte and the last restart")
+                continue
+            waits.append(max(0.0, time.time() - max(last_byte, chaos_end)))
+            if status["state"] != "installed":
+                record.lost += 1
+                problems.append(f"{model.name}: {status['state']}: {status['reason']}")
+            elif sha256_file(server.models_dir / model.name) != sha256_file(model) or \
+                    status["sha256"] != sha256_file(model):
+                record.corrupt += 1
+                problems.append(f"{model.name}: installed with other bytes")
+            else:
+                record.completed += 1
+        record.notes.append(f"{kinds['server']} server + {kinds['worker']} worker kills, {uploads} × {mib:g} MiB "
+                            f"tus-js-client one PATCH each, {resumes} resumes at offset > 0, "
+                            f"{len(orphans)} orphan(s) of killed processes")
+        if waits:
+            record.notes.append(f"installed after max(last byte, last restart): median {statistics.median(waits):.1f} s,"
+                                f" max {max(waits):.1f} s")
+        slow = [wait for wait in waits if wait > REACH_WORKER]
+        if slow:
+            problems.append(f"installed only {max(slow):.0f} s after the last byte and the last restart")
+        if orphans:
+            problems.append(f"processes outlived their killed parent: {orphans}")
+        assert not problems, "\n".join(problems) + f"\nworker log:\n{worker.log()[-2000:]}"
+    finally:
+        relay.close()
+        for client in clients:
+            client.stop()
+        for pid in orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_server_and_worker_killed_at_random_while_uploading(
+        start_server: Callable[..., ServerProcess], redis_server: RedisProcess,
+        start_worker: Callable[..., WorkerProcess], tmp_path: Path, figures: Callable[..., Figures]) -> None:
+    run_chaos(start_server, redis_server, start_worker, tmp_path,
+              figures("server/worker kill -9 at random, Redis mode (finding 15)"),
+              uploads=4, mib=64, kills=8, seed=15, rate_mib=12)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1200)  # the suite's default is 300 s
+def test_soak_server_and_worker_killed_at_random_while_uploading(
+        start_server: Callable[..., ServerProcess], redis_server: RedisProcess,
+        start_worker: Callable[..., WorkerProcess], tmp_path: Path, figures: Callable[..., Figures]) -> None:
+    run_chaos(start_server, redis_server, start_worker, tmp_path,
+              figures("server/worker kill -9 at random, Redis mode soak (finding 15's sizes)"),
+              uploads=4, mib=384, kills=12, seed=1515, rate_mib=40)
