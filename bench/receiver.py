@@ -1,10 +1,11 @@
-"""The machine's loopback-into-a-file limit: recv_into a 1 MiB buffer, os.write it, ack with one byte.
+"""The machine's loopback limits: recv_into a 1 MiB buffer, os.write it (unless OUTPUT is -), ack with one byte.
 
     python -m bench.receiver PORT OUTPUT LENGTH [--sha256]      prints "ready" once listening
 
-With --sha256 a second thread hashes each buffer while the next one is received and written, as a server
-that verifies what it stores must, and the digest is printed at the end: the most any such server could
-do on this machine, with no HTTP, no framework and no copies besides the kernel's.
+With OUTPUT - the bytes are only received, nothing else: loopback TCP's own limit; the count received is
+printed at the end. With --sha256 a second thread hashes each buffer while the next one is received and
+written, as a server that verifies what it stores must, and the digest is printed at the end: the most any
+such server could do on this machine, with no HTTP, no framework and no copies besides the kernel's.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main(port: int, output: str, length: int, sha256: bool = False) -> None:
     print("ready", flush=True)
     conn, _ = listener.accept()
     conn.settimeout(120)
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = None if output == "-" else os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
     filled: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
     for _ in range(BUFFERS if sha256 else 1):
@@ -48,7 +49,7 @@ def main(port: int, output: str, length: int, sha256: bool = False) -> None:
         n = conn.recv_into(buffer)
         if not n:
             break
-        done = 0
+        done = 0 if fd is not None else n
         while done < n:
             done += os.write(fd, view[done:n])
         received += n
@@ -56,7 +57,10 @@ def main(port: int, output: str, length: int, sha256: bool = False) -> None:
             filled.put((buffer, n))
         else:
             free.put(buffer)
-    os.close(fd)
+    if fd is not None:
+        os.close(fd)
+    else:
+        print(received, flush=True)
     if sha256:
         filled.put(None)
         hashing.join()

@@ -1,18 +1,26 @@
-"""One command, one run: limits of the machine, modeldrop (fsync on and off) and the peers, interleaved.
+"""One command, one run: limits of the machine, modeldrop (fsync on and off), the peers, and the upload paths
+people take (the CLI, rsync over SSH, the web page), interleaved.
 
     bash bench/run.sh [--size 4GiB] [--reps 3] [--quick] [--servers a,b] [--workloads one,chunked,...]
 
 Each repetition runs every workload on every server in turn (the order rotates per repetition), each
 upload on a freshly started server with an empty folder; stored bytes are checked against the source's
 sha256, then deleted, then `sync`, so no run inherits another's writeback.
+
+Workloads: limits (O_DIRECT disk write, sha256 on one core, loopback TCP into recv_into, their minimum,
+and two combined references), one (one PATCH), chunked (--chunk PATCHes), concurrent, cli (`modeldrop
+upload` and the neutral sendfile client, each to installed, on every modeldrop server with fsync on),
+rsync (`rsync --partial` over SSH to loopback; openssh-server and rsync are installed through apt when
+missing and the bench runs as root), browser (Uppy in /usr/bin/chromium through Playwright). What this
+machine lacks for a workload is skipped with the reason, printed and written into the results.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,15 +29,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import proc, report
-from bench.report import TCP_FILE_SHA256
-from bench.servers import BENCH, PYTHON, REPO, SCRATCH, Server, ensure_peers, free_port, make_servers
+from bench import limits, paths, proc, report
+from bench.servers import BENCH, PYTHON, REPO, SCRATCH, Server, ensure_peers, make_servers
 from bench.source import make_source, sha256_file, warm
 
 GIB = 1024**3
 MIB = 1024**2
 ALL_SERVERS = ["modeldrop", "modeldrop-nofsync", "tuspyserver", "tus-node", "uvicorn-store", "uvicorn-store-sha256"]
-ALL_WORKLOADS = ["limits", "one", "chunked", "concurrent"]
+ALL_WORKLOADS = ["limits", "one", "chunked", "concurrent", "cli", "rsync", "browser"]
 
 
 def parse_size(text: str) -> int:
@@ -51,40 +58,6 @@ def run_client(job: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
 
 def check_file(path: Path, expected: str) -> bool:
     return path.exists() and sha256_file(path, drop_cache=True) == expected
-
-
-# -- limits of the machine -------------------------------------------------------------------------------
-
-
-def limit_dd(source: dict[str, Any], fsync: bool) -> float:
-    out = SCRATCH / "dd.out"
-    argv = ["dd", f"if={source['path']}", f"of={out}", "bs=1M", "status=none"] + (["conv=fsync"] if fsync else [])
-    started = time.monotonic()
-    subprocess.run(argv, check=True, timeout=600)
-    elapsed = time.monotonic() - started
-    out.unlink()
-    os.sync()
-    return source["length"] / 1e6 / elapsed
-
-
-def limit_tcp_file(source: dict[str, Any], sha256: bool = False) -> float:
-    out, port = SCRATCH / "tcp.out", free_port()
-    receiver = subprocess.Popen([str(PYTHON), "-m", "bench.receiver", str(port), str(out), str(source["length"]),
-                                 *(["--sha256"] if sha256 else [])], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
-        result = run_client({"mode": "raw", "port": port, "source": source["path"], "length": source["length"]})
-        digest = receiver.stdout.read().strip()
-        receiver.wait(30)
-    finally:
-        if receiver.poll() is None:
-            receiver.kill()
-    ok = check_file(out, source["sha256"]) and (not sha256 or digest == source["sha256"])
-    out.unlink(missing_ok=True)
-    os.sync()
-    if not ok:
-        raise RuntimeError("the loopback receiver stored different bytes or hashed them wrong")
-    return source["length"] / 1e6 / (result["t_end"] - result["t_start"])
 
 
 # -- uploads --------------------------------------------------------------------------------------------
@@ -226,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         ref = make_source(SCRATCH / f"source-{4 * GIB}.gguf", 4.0)  # installed time is compared with 4 GiB
 
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    skipped: dict[str, str] = {}
+    args.skipped = skipped
 
     def record(workload: str, name: str, value: dict[str, Any]) -> None:
         results.setdefault(workload, {}).setdefault(name, []).append(value)
@@ -233,30 +208,61 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  [{time.monotonic() - started:6.0f}s] {workload:10} {name:18} {shown}", flush=True)
         write_results(args, results, started, load_before, cpu_before)
 
-    for rep in range(args.reps):
-        order = servers[rep % len(servers):] + servers[: rep % len(servers)]
-        print(f"repetition {rep + 1}/{args.reps}", flush=True)
-        if "limits" in workloads:
-            record("limits", "dd conv=fsync", {"mbps": limit_dd(source, True)})
-            record("limits", "dd (page cache)", {"mbps": limit_dd(source, False)})
-            record("limits", "loopback TCP → file", {"mbps": limit_tcp_file(source)})
-            record("limits", TCP_FILE_SHA256, {"mbps": limit_tcp_file(source, sha256=True)})
-        for workload, chunk in (("one", 0), ("chunked", args.chunk)):
-            if workload in workloads:
-                for server in order:
-                    record(workload, server.name, measure_upload(server, source, chunk, "bench.gguf"))
-        if "concurrent" in workloads:
-            for server in (s for s in order if s.kind != "stack"):  # references for one upload's speed only
-                record("concurrent", server.name, measure_concurrent(server, small, args.concurrent, 4))
-        if ref is not None and "one" in workloads:
-            for server in servers:
-                if server.kind == "modeldrop" and server.fsync:
-                    record("ref4g", server.name, measure_upload(server, ref, 0, "bench.gguf"))
+    def skip(workload: str, reason: str) -> None:
+        skipped[workload] = reason
+        print(f"bench: skipping {workload}: {reason}", flush=True)
+
+    for workload, missing in (("rsync", paths.ensure_rsync), ("browser", paths.browser_missing)):
+        reason = missing() if workload in workloads else None
+        if reason is not None:
+            skip(workload, reason)
+    sshd = paths.Sshd() if "rsync" in workloads and "rsync" not in skipped else None
+    try:
+        if sshd is not None:
+            sshd.start()
+        for rep in range(args.reps):
+            order = servers[rep % len(servers):] + servers[: rep % len(servers)]
+            print(f"repetition {rep + 1}/{args.reps}", flush=True)
+            if "limits" in workloads:
+                limits.measure(source, record)
+            for workload, chunk in (("one", 0), ("chunked", args.chunk)):
+                if workload in workloads:
+                    for server in order:
+                        record(workload, server.name, measure_upload(server, source, chunk, "bench.gguf"))
+            if "concurrent" in workloads:
+                for server in (s for s in order if s.kind != "stack"):  # references for one upload's speed only
+                    record("concurrent", server.name, measure_concurrent(server, small, args.concurrent, 4))
+            run_paths(rep, [s for s in order if s.kind == "modeldrop" and s.fsync], workloads, skipped, sshd,
+                      source, record)
+            if ref is not None and "one" in workloads:
+                for server in servers:
+                    if server.kind == "modeldrop" and server.fsync:
+                        record("ref4g", server.name, measure_upload(server, ref, 0, "bench.gguf"))
+    finally:
+        if sshd is not None:
+            sshd.stop()
 
     text, out = write_results(args, results, started, load_before, cpu_before)
     print(text)
     print(f"written {out}")
     return 0
+
+
+def run_paths(rep: int, durable: list[Server], workloads: list[str], skipped: dict[str, str],
+              sshd: paths.Sshd | None, source: dict[str, Any], record: Any) -> None:
+    """The paths people take, to modeldrop with fsync on (installed means verified and durable): the CLI
+    and the sendfile client in alternating order, rsync over SSH, the web page."""
+    if "cli" in workloads:
+        for server in durable:
+            clients = (paths.SENDFILE_CLIENT, paths.CLI) if rep % 2 == 0 else (paths.CLI, paths.SENDFILE_CLIENT)
+            for client in clients:
+                record("paths", f"{client} → {server.name}", paths.measure_client(server, source, client))
+    if "rsync" in workloads and sshd is not None:
+        record("paths", paths.RSYNC, paths.measure_rsync(sshd, source))
+    if "browser" in workloads and "browser" not in skipped:
+        for server in durable:
+            page_server = dataclasses.replace(server, extra_args=(*server.extra_args, "--web-dir", str(paths.WEB_DIST)))
+            record("paths", f"{paths.BROWSER} → {server.name}", paths.measure_browser(page_server, source))
 
 
 def write_results(args: argparse.Namespace, results: dict[str, Any], started: float, load_before: str,
@@ -267,6 +273,7 @@ def write_results(args: argparse.Namespace, results: dict[str, Any], started: fl
             "chunk": args.chunk, "concurrent": args.concurrent, "concurrent_size": args.concurrent_size,
             "elapsed_s": elapsed, "commit": _commit(args.modeldrop_dir), "label": args.label,
             "modeldrop_dir": str(args.modeldrop_dir), "modeldrop_args": args.modeldrop_arg,
+            "skipped": getattr(args, "skipped", {}),
             "load": f"{load_before} at the start, {_machine_load()} at the end; "
                     f"{_stolen_share(cpu_before, _cpu_times()):.0%} of the CPU time taken by the host (steal)"}
     text = report.render(meta, results)
