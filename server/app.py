@@ -28,7 +28,9 @@ from server.finalizer import Finalizer, make_finalizer, requeue_stuck
 from server.locks import LockSpace
 from server.locks.locker import AsyncLocker
 from server.metrics import Metrics
+from server.origins import BrowserGuard, BrowserPolicy
 from server.settings import Settings
+from server.store import sets
 from server.store.filestore import FileStore
 from server.tus import headers as tus
 from server.tus.assemble import copy_parts
@@ -155,9 +157,11 @@ def create_app(settings: Settings) -> Starlette:
     else:
         routes.append(Route("/", web_missing(web_dir), methods=["GET"]))
 
+    policy = BrowserPolicy.from_settings(settings)
     middleware = [
+        Middleware(BrowserGuard, policy=policy),
         Middleware(MethodOverride),
-        Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+        Middleware(CORSMiddleware, allow_origins=policy.cors_origins, allow_methods=["*"],
                    allow_headers=["*"], expose_headers=EXPOSED_HEADERS, max_age=86400),
         Middleware(RequestMetrics, metrics=parts.metrics),
     ]
@@ -240,15 +244,14 @@ async def recover(parts: Components) -> None:
     report = await asyncio.to_thread(parts.store.reconcile)
     log.info("reconciled staging: %s", report.summary())
     for upload_id in report.to_assemble:
+        info = await asyncio.to_thread(parts.store.load, upload_id)  # reconcile has just read it
         try:
-            info = await asyncio.to_thread(parts.store.load, upload_id)
             part_infos = [await asyncio.to_thread(parts.store.load, part) for part in info.parts]
             await asyncio.to_thread(copy_parts, parts.store, info, part_infos)
             report.to_finalize.append(upload_id)
         except Exception as exc:
             log.warning("upload=%s: could not resume concatenation: %s", upload_id, exc)
-            await asyncio.to_thread(parts.store.write_status, upload_id, state="failed",
-                                    reason=f"the concatenation could not be finished: {exc}")
+            await asyncio.to_thread(parts.store.mark_failed, info, f"the concatenation could not be finished: {exc}")
     if report.to_finalize and parts.finalizer is not None:
         await asyncio.to_thread(requeue_stuck, parts.store, parts.finalizer, parts.locks, report.to_finalize)
 
@@ -261,6 +264,10 @@ async def maintain(parts: Components) -> None:
             swept = await asyncio.to_thread(parts.store.sweep, parts.settings.expire_after)
             if swept:
                 log.info("expired %d uploads: %s", len(swept), " ".join(swept))
+            expired_sets = await asyncio.to_thread(sets.expire_waiting, parts.store, parts.locks,
+                                                   parts.settings.expire_after)
+            if expired_sets:
+                log.info("expired incomplete split sets: %s", " ".join(expired_sets))
             if parts.finalizer is not None:
                 requeued = await asyncio.to_thread(requeue_stuck, parts.store, parts.finalizer, parts.locks,
                                                    stale_after=parts.settings.stale_after)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,42 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+def normalize_origin(text: str) -> str | None:
+    """'HTTPS://App.Example:443/' -> 'https://app.example'; None if it is not scheme://host[:port]."""
+    match = re.fullmatch(r"(https?)://([a-z0-9.\-]+|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?/?", text.strip().lower())
+    if match is None:
+        return None
+    scheme, host, port = match.groups()
+    if port is None or (scheme, port) in (("http", "80"), ("https", "443")):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{int(port)}"
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """--cors-origins: `auto`, `*`, or origins like https://app.example (normalized)."""
+    items = parse_list(text)
+    if items in (("auto",), ("*",)):
+        return items
+    origins = []
+    for item in items:
+        origin = normalize_origin(item)
+        if origin is None:
+            raise ValueError(f"{item!r} is not an origin like https://app.example (or use auto or *)")
+        origins.append(origin)
+    return tuple(origins)
+
+
+def parse_hosts(text: str) -> tuple[str, ...]:
+    """--allowed-hosts: `auto`, `*`, or host names (`*.example.com` for subdomains), lower case, no port."""
+    items = tuple(item.lower() for item in parse_list(text))
+    if items in (("auto",), ("*",)):
+        return items
+    for item in items:
+        if not re.fullmatch(r"(\*\.)?[a-z0-9.\-]+|\[?[0-9a-f:.]+\]?", item):
+            raise ValueError(f"{item!r} is not a host name like models.example or *.example.com (no port)")
+    return tuple(item.strip("[]") for item in items)
+
+
 def parse_mode(text: str) -> int:
     return int(text, 8)
 
@@ -99,7 +136,14 @@ OPTIONS: tuple[Option, ...] = (
            flag_kind="switch"),
     Option("trust_proxy", parse_bool, False, "honour X-Forwarded-Host/-Proto and Forwarded", flag_kind="switch",
            commands=("serve",)),
-    Option("cors_origins", parse_list, ("*",), "origins allowed by CORS (comma-separated; * for any)",
+    Option("cors_origins", parse_origins, ("auto",),
+           "other web sites (origins, e.g. https://app.example) whose pages may use this server, comma-separated; "
+           "* for any; auto = any when a token is set, else none (only the server's own web UI)",
+           commands=("serve",)),
+    Option("allowed_hosts", parse_hosts, ("auto",),
+           "host names this server answers to besides localhost and IP addresses (the Host header, or the "
+           "forwarded host with --trust-proxy), comma-separated, *.example.com for subdomains, * for any; "
+           "auto = any when a token is set, else --host",
            commands=("serve",)),
     Option("max_header_size", parse_size, 32 * KIB, "largest request line plus headers accepted (431 above)",
            commands=("serve",)),
@@ -153,7 +197,8 @@ class Settings:
     max_size: int = 256 * GIB
     fsync: bool = True
     trust_proxy: bool = False
-    cors_origins: tuple[str, ...] = ("*",)
+    cors_origins: tuple[str, ...] = ("auto",)
+    allowed_hosts: tuple[str, ...] = ("auto",)
     max_header_size: int = 32 * KIB
     max_header_lines: int = 100
     header_timeout: float = 30.0
@@ -186,6 +231,12 @@ class Settings:
             raise SettingsError("--workers must be at least 1")
         if self.idle_timeout <= 0 or self.lock_timeout <= 0:
             raise SettingsError("--idle-timeout and --lock-timeout must be positive")
+        for name, parse, values in (("--cors-origins", parse_origins, self.cors_origins),
+                                    ("--allowed-hosts", parse_hosts, self.allowed_hosts)):
+            try:
+                parse(",".join(values))
+            except ValueError as exc:
+                raise SettingsError(f"{name}: {exc}") from None
         if self.header_timeout <= 0:
             raise SettingsError("--header-timeout must be positive")
         if self.max_header_lines < 16:
