@@ -27,8 +27,8 @@ from server.api.uploads import upload_status
 from server.finalizer import Finalizer, make_finalizer, requeue_stuck
 from server.locks import LockSpace
 from server.locks.locker import AsyncLocker
-from server.metrics import Metrics
-from server.origins import BrowserGuard, BrowserPolicy
+from server.metrics import Metrics, method_label
+from server.origins import BrowserGuard, BrowserPolicy, answer_error
 from server.settings import Settings
 from server.store import sets
 from server.store.filestore import FileStore
@@ -45,8 +45,15 @@ EXPOSED_HEADERS = ["Location", "Upload-Offset", "Upload-Length", "Upload-Metadat
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web" / "dist"
 
 
+OVERRIDABLE_METHODS = ("PATCH", "DELETE")
+
+
 class MethodOverride:
-    """X-HTTP-Method-Override: for clients behind proxies that only pass GET and POST (tus core)."""
+    """X-HTTP-Method-Override: for clients behind proxies that only pass GET and POST (tus core).
+
+    Only a POST becomes a PATCH or a DELETE: those are what such proxies stop; anything else is refused
+    rather than passed on as a method name nobody expects.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -55,7 +62,14 @@ class MethodOverride:
         if scope["type"] == "http":
             for name, value in scope["headers"]:
                 if name == b"x-http-method-override":
-                    scope = dict(scope, method=value.decode("latin-1").strip().upper())
+                    method = value.decode("latin-1").strip().upper()
+                    if scope["method"] != "POST" or method not in OVERRIDABLE_METHODS:
+                        shown = value.decode("latin-1")[:40]
+                        await answer_error(scope, send, errors.BadRequest(
+                            f"X-HTTP-Method-Override turns a POST into {' or '.join(OVERRIDABLE_METHODS)} only, "
+                            f"not a {scope['method']} into {shown!r}"))
+                        return
+                    scope = dict(scope, method=method)
                     break
         await self.app(scope, receive, send)
 
@@ -236,7 +250,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            self.metrics.requests.labels(scope["method"], str(status["code"])).inc()
+            self.metrics.requests.labels(method_label(scope["method"]), str(status["code"])).inc()
 
 
 async def recover(parts: Components) -> None:

@@ -15,6 +15,12 @@ from prometheus_client.registry import Collector
 from server.store.filestore import FileStore
 
 FINALIZE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
+# a label per method a client makes up would grow /metrics without bound
+METHODS = frozenset({"GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
 
 
 class Metrics:

@@ -154,12 +154,13 @@ class BrowserGuard:
             error = refusal(self.policy, scope["method"], scope["path"], scope.get("scheme", "http"),
                             Headers(scope=scope))
             if error is not None:
-                await _answer(scope, send, error)
+                await answer_error(scope, send, error)
                 return
         await self.app(scope, receive, send)
 
 
-async def _answer(scope: Scope, send: Send, error: errors.HTTPError) -> None:
+async def answer_error(scope: Scope, send: Send, error: errors.HTTPError) -> None:
+    """The JSON error answer, for middleware that runs outside the app's exception handlers."""
     body = b"" if scope["method"] == "HEAD" else json.dumps({"error": error.code, "message": error.message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if scope["path"].startswith("/files"):

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.support.processes import ServerProcess, free_port, wait_for
 from tests.support.tus import TusClient, gguf_bytes, upload_id
@@ -87,3 +88,31 @@ def test_log_has_one_line_per_event_with_the_upload_id(server: ServerProcess) ->
     assert events[0] == "created"
     assert "progress" in events and "completed" in events and "verifying" in events
     assert events[-1] == "installed"
+
+
+def test_metrics_method_label_stays_a_small_set(server: ServerProcess) -> None:
+    client = TusClient(server.url)
+    before = len(httpx.get(f"{server.url}/metrics").text)
+    for index in range(60):
+        response = client.http.post("/files/", headers={"X-HTTP-Method-Override": f"M{index:04d}"})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "bad_request"
+    for method in ("PROPFIND", "MKCOL", "PURGE"):  # methods the HTTP parser knows but nothing here serves
+        assert client.http.request(method, "/files/").status_code in (404, 405)
+    text = httpx.get(f"{server.url}/metrics").text
+    assert "M0001" not in text and "PROPFIND" not in text
+    assert metric(text, "modeldrop_requests_total", 'method="other",status="405"') >= 1 or \
+        metric(text, "modeldrop_requests_total", 'method="other",status="404"') >= 1
+    assert len(text) - before < 2000
+
+
+@pytest.mark.parametrize(("override", "method"), [("PUT", "POST"), ("GET", "POST"), ("PATCH", "GET")])
+def test_method_override_only_turns_post_into_patch_or_delete(server: ServerProcess, override: str,
+                                                               method: str) -> None:
+    client = TusClient(server.url)
+    location = client.location(100)
+    response = client.request(method, location, {"X-HTTP-Method-Override": override})
+    assert response.status_code == 400, response.text
+    assert "X-HTTP-Method-Override" in response.json()["message"]
+    deleted = client.request("POST", location, {"X-HTTP-Method-Override": "delete"})
+    assert deleted.status_code == 204
