@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -199,7 +200,8 @@ def create_app(settings: Settings) -> Starlette:
             handler.close()
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={errors.HTTPError: http_error, Exception: internal_error})
+                    exception_handlers={errors.HTTPError: http_error, HTTPException: routing_error,
+                                        Exception: internal_error})
     app.state.parts = parts
     return app
 
@@ -223,6 +225,18 @@ def error_response(request: Request, status: int, code: str, message: str, heade
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.HTTPError)
     return error_response(request, exc.status, exc.code, exc.message, exc.headers)
+
+
+async def routing_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, wrong method) in the same JSON shape as every other error."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        code, message = "not_found", "there is nothing at this address (the README lists the HTTP API)"
+    elif exc.status_code == 405:
+        code, message = "method_not_allowed", f"{request.method[:20]} is not allowed at this address"
+    else:
+        code, message = "bad_request", str(exc.detail)
+    return error_response(request, exc.status_code, code, message, dict(exc.headers or {}))
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:

@@ -28,6 +28,20 @@ def entry_name_is_safe(name: str) -> bool:
     return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..") and not name.startswith(".")
 
 
+def check_requested_name(name: str) -> None:
+    """A name from a request that no file can have is the client's mistake (400), not a failed lookup.
+
+    The operating system would refuse it anyway (a NUL, a name over 255 bytes), as an error that is no
+    answer for a client.
+    """
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
+        raise errors.BadRequest("a model name cannot contain control characters (such as NUL or a line break)")
+    if len(name.encode("utf-8", "surrogatepass")) > 255:
+        raise errors.BadRequest("a model name is at most 255 bytes long")
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in name):
+        raise errors.BadRequest("a model name must be valid UTF-8")
+
+
 def sha256_of(path: Path, on_progress: Callable[[int], None] | None = None) -> str:
     """One sequential read; the pages read are dropped so hashing a 50 GB file does not fill the cache."""
     digest = hashlib.sha256()
@@ -167,6 +181,7 @@ class Catalog:
         }
 
     def describe(self, name: str) -> dict[str, Any]:
+        check_requested_name(name)
         item = self.entry(name)
         if item is None:
             raise errors.NotFound(f"no model named {name[:120]!r} in the models directory")

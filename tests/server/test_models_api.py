@@ -90,3 +90,21 @@ def test_models_api_names_outside_models_dir_not_found(server: ServerProcess) ->
     assert os.listdir(server.models_dir) == ["set"]
     assert len(os.listdir(directory)) == 2
     assert sorted(os.listdir(server.staging_dir)) == staging
+
+
+ODD_NAMES = ["%00", "a%00.gguf", "%00/..", "x" * 300 + ".gguf", "y" * 5000, "%ff%fe.gguf", "%C0%AE%C0%AE", "a%0a.gguf",
+             "%ed%a0%80.gguf", "a%2f%00", "%25", "nul\\x00", "..%00", "CON", "a" * 255 + "/" + "b" * 255]
+
+
+def test_models_api_odd_names_get_a_4xx_with_a_message(server: ServerProcess) -> None:
+    client = TusClient(server.url)
+    write_model(server.models_dir / "kept.gguf")
+    for name in ODD_NAMES:
+        for method, prefix in (("GET", "/api/models/"), ("GET", "/api/verify/"), ("DELETE", "/api/models/"),
+                               ("GET", "/api/uploads/"), ("HEAD", "/files/"), ("DELETE", "/files/")):
+            reply = client.request(method, prefix + name, headers={"Tus-Resumable": "1.0.0"})
+            assert 400 <= reply.status < 500, (method, prefix + name, reply.status, reply.body)
+            if method != "HEAD":
+                assert reply.json()["message"], (method, prefix + name)
+    assert os.listdir(server.models_dir) == ["kept.gguf"]
+    assert "Traceback" not in server.log()
