@@ -102,6 +102,19 @@ class Admission:
         if length:
             self.check_space(length, reserved)
 
+    def check_unsized_body(self, content_length: int | None, chunked: bool) -> None:
+        """Runs in a thread: a body for an upload whose length is still deferred, which reserves nothing.
+
+        Its bytes are admitted against free space before the first one is stored, so the body's size must
+        be known: a chunked body without Content-Length is refused (the client can declare Upload-Length).
+        """
+        if content_length is None and chunked:
+            raise errors.LengthRequired("this upload's length is not declared yet, so its request bodies need "
+                                        "Content-Length (or send Upload-Length): their disk space is admitted "
+                                        "before they are stored")
+        if content_length:
+            self.check_space(content_length)
+
     def check_space(self, length: int, reserved: int | None = None) -> None:
         if reserved is None:
             reserved = self.store.admission_figures()[1]

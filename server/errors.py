@@ -35,9 +35,11 @@ CrossOrigin = _error("CrossOrigin", 403, "cross_origin",
 NotFound = _error("NotFound", 404, "not_found", "no such upload")
 OffsetMismatch = _error("OffsetMismatch", 409, "offset_mismatch", "Upload-Offset does not match the upload's offset")
 AlreadyInstalled = _error("AlreadyInstalled", 409, "already_installed", "a model with this name is already installed")
+InUse = _error("InUse", 409, "in_use", "this upload is being used by another upload")
 RequestTimeout = _error("RequestTimeout", 408, "request_timeout",
                         "the request's headers did not arrive in time; the connection is closed")
 Gone = _error("Gone", 410, "gone", "this upload expired or was terminated")
+LengthRequired = _error("LengthRequired", 411, "length_required", "this request needs Content-Length")
 TooLarge = _error("TooLarge", 413, "too_large", "the upload is larger than allowed")
 PreconditionFailed = _error("PreconditionFailed", 412, "unsupported_version", "unsupported tus version")
 UnsupportedMediaType = _error("UnsupportedMediaType", 415, "unsupported_media_type",

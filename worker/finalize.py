@@ -27,7 +27,7 @@ from server.finalizer import finalize_lock_name
 from server.locks import LOCK_TTL_MS, RENEW_EVERY, Held, LockSpace
 from server.settings import Settings
 from server.store.filestore import FileStore, fsync_directory, remove_entry, write_atomic
-from server.store.info import FAILED, INSTALLED, TERMINAL_STATES, VERIFYING, UploadInfo
+from server.store.info import INSTALLED, TERMINAL_STATES, VERIFYING, UploadInfo
 from worker.publish import NameTaken, identity, notify_llama_server, publish, same_file, set_permissions
 
 log = logging.getLogger("modeldrop.finalize")
@@ -511,8 +511,8 @@ def _fail(ctx: Context, info: UploadInfo, reason: str) -> dict[str, Any]:
     status = ctx.store.read_status(info.id) or {}
     now = time.time()
     log.info("failed upload=%s filename=%s: %s", info.id, info.filename, reason)
-    return ctx.store.write_status(info.id, state=FAILED, reason=reason, waiting_for_set=False,
-                                  duration=round(now - float(status.get("started_at", now)), 3))
+    return ctx.store.mark_failed(info, reason, waiting_for_set=False,
+                                 duration=round(now - float(status.get("started_at", now)), 3))
 
 
 def _fail_quietly(ctx: Context, upload_id: str, reason: str) -> None:

@@ -40,6 +40,8 @@ class UploadInfo:
     concat: str | None = None
     # the partial uploads a final concatenation is made of, in order
     parts: tuple[str, ...] = ()
+    # a partial's final concatenation, from the moment that final claimed it: no other final may use it
+    consumed_by: str | None = None
     # bytes durably stored: the data file's length, filled in by the store
     offset: int = 0
     # seconds since the epoch of the last byte written (data file mtime), filled in by the store
@@ -67,6 +69,7 @@ class UploadInfo:
             "created_at": self.created_at,
             "concat": self.concat,
             "parts": list(self.parts),
+            "consumed_by": self.consumed_by,
         }
         return json.dumps(record, sort_keys=True)
 
@@ -82,4 +85,5 @@ class UploadInfo:
             created_at=float(record.get("created_at", 0.0)),
             concat=record.get("concat"),
             parts=tuple(str(part) for part in record.get("parts") or ()),
+            consumed_by=record.get("consumed_by"),
         )

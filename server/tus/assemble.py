@@ -1,13 +1,15 @@
 """Concatenation: building a final upload from its partial uploads (tus-js-client's parallelUploads).
 
 `os.copy_file_range` copies inside the kernel (and shares extents on filesystems that reflink), so the
-bytes are not pulled through Python. The partials stay until the final is installed, so a client that
-retries a lost `Upload-Concat: final` response can still find them.
+bytes are not pulled through Python. Each partial is claimed by its final before the copy (see
+FileStore.claim_parts) and freed once the final's bytes are durable: staging holds them twice only
+while they are copied.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Sequence
 
@@ -29,11 +31,23 @@ def first_bytes(store: FileStore, parts: Sequence[UploadInfo], count: int) -> by
 
 
 def assemble_final(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo]) -> UploadInfo:
-    """Creates the final upload's record and data from its complete partials; marks it queued when done."""
-    if first_bytes(store, parts, len(gguf.MAGIC)) != gguf.MAGIC:
-        raise errors.NotGGUF("the concatenated upload does not start with the GGUF magic: it is not a GGUF model")
+    """Creates the final upload's record and data from its claimed partials; marks it queued when done.
+
+    If it cannot be made, the final is taken away again before the error is raised: a final left in
+    `receiving` would hold an upload slot and its disk reservation until it expired.
+    """
+    try:
+        if first_bytes(store, parts, len(gguf.MAGIC)) != gguf.MAGIC:
+            raise errors.NotGGUF("the concatenated upload does not start with the GGUF magic: it is not a GGUF model")
+    except FileNotFoundError:
+        raise _part_gone(store, parts) from None
     store.create(final)
-    copy_parts(store, final, parts)
+    try:
+        copy_parts(store, final, parts)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            store.terminate(final.id, "this concatenation could not be assembled")
+        raise
     return store.load(final.id)
 
 
@@ -45,16 +59,35 @@ def copy_parts(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo])
         for part in parts:
             with open(store.paths(part.id).data, "rb") as source:
                 remaining = os.fstat(source.fileno()).st_size
+                if remaining != part.length:
+                    raise errors.Gone(f"partial upload {part.id} holds {remaining} bytes, not its {part.length}; "
+                                      "the concatenation cannot be made")
                 while remaining:
                     copied = _copy(source.fileno(), fd_out, min(remaining, _COPY_BLOCK))
                     if copied == 0:
-                        raise errors.InternalError(f"partial upload {part.id} is shorter than it claimed")
+                        raise errors.Gone(f"partial upload {part.id} is shorter than it claimed; the "
+                                          "concatenation cannot be made")
                     remaining -= copied
         if store.durable:
             os.fsync(fd_out)
+    except FileNotFoundError:
+        raise _part_gone(store, parts) from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise errors.InsufficientStorage("the disk filled up while the concatenation was assembled; free "
+                                             "space and create the final upload again") from None
+        raise
     finally:
         os.close(fd_out)
     store.mark_queued(store.load(final.id))
+    for part in parts:  # every byte is in the final now, durably: the partials only take space
+        store.terminate(part.id, f"this partial upload was concatenated into upload {final.id}")
+
+
+def _part_gone(store: FileStore, parts: Sequence[UploadInfo]) -> errors.HTTPError:
+    missing = [part.id for part in parts if not store.paths(part.id).data.exists()]
+    return errors.Gone(f"partial upload {', '.join(missing) or '?'} is gone (expired or terminated); the "
+                       "concatenation cannot be made")
 
 
 def _copy(fd_in: int, fd_out: int, count: int) -> int:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import email.utils
 import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -105,7 +106,7 @@ class TusHandler:
 
     def _upload_headers(self, info: UploadInfo) -> dict[str, str]:
         headers = {"Tus-Resumable": tus.TUS_VERSION, STATUS_HEADER: f"/api/uploads/{info.id}"}
-        if not info.is_complete:
+        if not info.is_complete or (info.is_partial and info.consumed_by is None):  # a partial waits for a final
             expires = max(info.last_write_at, info.created_at) + self.settings.expire_after
             headers["Upload-Expires"] = email.utils.formatdate(expires, usegmt=True)
         return headers
@@ -165,6 +166,8 @@ class TusHandler:
         if concat is not None and concat.kind == CONCAT_FINAL:
             return await self._create_final(request, info, concat.parts)
         await asyncio.to_thread(self.admission.check_capacity, length)
+        if has_body and length is None:
+            await asyncio.to_thread(self.admission.check_unsized_body, content_length, _chunked(h))
         info = await asyncio.to_thread(self.store.create, info)
         self.metrics.uploads_created.inc()
         log.info("created upload=%s filename=%s length=%s%s", info.id, filename, length,
@@ -185,23 +188,35 @@ class TusHandler:
             part_id = tus.upload_id_from_url(url, BASE_PATH)
             if part_id is None:
                 raise errors.InvalidHeader(f"Upload-Concat names {url[:80]!r}, which is not an upload of this server")
+            if part_id in part_ids:
+                raise errors.InvalidHeader(f"Upload-Concat lists partial upload {part_id} twice; a partial upload can "
+                                           "be used once")
             part_ids.append(part_id)
-        parts = [await self._load(part_id) for part_id in part_ids]
-        for part in parts:
-            if not part.is_partial:
-                raise errors.InvalidHeader(f"upload {part.id} was not created with Upload-Concat: partial")
-            if not part.is_complete:
-                raise errors.InvalidHeader(f"partial upload {part.id} is not complete yet (concatenation-unfinished "
-                                           "is not supported)")
-        length = sum(part.length or 0 for part in parts)
-        if length > self.settings.max_size:
-            raise errors.TooLarge(f"the concatenated upload would be {length} bytes; at most "
-                                  f"{self.settings.max_size} are accepted")
-        if length == 0:
-            raise errors.NotGGUF("an empty file is not a GGUF model")
-        await asyncio.to_thread(self.admission.check_capacity, length)
-        info = dataclasses.replace(info, length=length, parts=tuple(part_ids))
-        info = await asyncio.to_thread(assemble_final, self.store, info, parts)
+        async with self._holding(part_ids):
+            parts = [await self._load(part_id) for part_id in part_ids]
+            for part in parts:
+                if not part.is_partial:
+                    raise errors.InvalidHeader(f"upload {part.id} was not created with Upload-Concat: partial")
+                if not part.is_complete:
+                    raise errors.InvalidHeader(f"partial upload {part.id} is not complete yet "
+                                               "(concatenation-unfinished is not supported)")
+            length = sum(part.length or 0 for part in parts)
+            if length > self.settings.max_size:
+                raise errors.TooLarge(f"the concatenated upload would be {length} bytes; at most "
+                                      f"{self.settings.max_size} are accepted")
+            if length == 0:
+                raise errors.NotGGUF("an empty file is not a GGUF model")
+            await asyncio.to_thread(self.store.claim_parts, info.id, parts)
+        try:
+            # after the claim, so the partials this final replaces no longer take upload slots
+            await asyncio.to_thread(self.admission.check_capacity, length)
+            info = dataclasses.replace(info, length=length, parts=tuple(part_ids))
+            info = await asyncio.to_thread(assemble_final, self.store, info, parts)
+        except Exception:
+            with contextlib.suppress(errors.HTTPError):
+                async with self._holding(part_ids):
+                    await asyncio.to_thread(self.store.release_parts, info.id, part_ids)
+            raise
         self.metrics.uploads_created.inc()
         log.info("created final upload=%s filename=%s length=%s parts=%d", info.id, info.filename, length, len(parts))
         await self._completed(info)
@@ -283,6 +298,8 @@ class TusHandler:
                                             "bytes; resume from there", headers={"Upload-Offset": str(info.offset)})
             if declared_length is not None:
                 info = await self._declare_length(info, declared_length)
+            if info.length is None:
+                await asyncio.to_thread(self.admission.check_unsized_body, content_length, _chunked(h))
             limit = info.length if info.length is not None else self.settings.max_size
             if content_length is not None and info.offset + content_length > limit:
                 what = "its Upload-Length" if info.length is not None else "this server's limit (Tus-Max-Size)"
@@ -358,7 +375,7 @@ class TusHandler:
             await self._completed(info)
         if result.error is not None:
             if isinstance(result.error, errors.NotGGUF):
-                await asyncio.to_thread(self.store.write_status, info.id, state="failed", reason=result.error.message)
+                await asyncio.to_thread(self.store.mark_failed, info, result.error.message)
             result.error.headers.setdefault("Upload-Offset", str(result.offset))
             if result.disconnected or interruption.reason:
                 log.info("upload=%s stopped at %d: %s", info.id, result.offset, result.error.message)
@@ -392,6 +409,14 @@ class TusHandler:
         except Exception as exc:  # Redis down: the requeue loop submits it once Redis is back
             log.warning("upload=%s could not be queued for finalize yet: %s", info.id, exc)
 
+    @contextlib.asynccontextmanager
+    async def _holding(self, upload_ids: list[str]) -> AsyncIterator[None]:
+        """The locks of several uploads, taken in one order by every request so two never wait on each other."""
+        async with contextlib.AsyncExitStack() as held:
+            for upload_id in sorted(upload_ids):
+                await held.enter_async_context(await self._lock(upload_id))
+            yield
+
     async def _lock(self, upload_id: str) -> Any:
         # the real release callback from the moment the lock is held (tusd's order): one set later, when the
         # body starts, missed a request that came while the record was read and the headers checked, and the
@@ -413,6 +438,10 @@ class TusHandler:
             if info.is_complete and not info.is_partial and status.get("state") not in TERMINAL_STATES:
                 raise errors.AlreadyInstalled("this upload is complete and being installed; it can no longer be "
                                               "terminated (delete the model afterwards instead)")
+            final = await asyncio.to_thread(self.store.assembling_into, info) if info.is_partial else None
+            if final is not None:  # refused rather than waited for: copying a large final takes minutes
+                raise errors.InUse(f"this partial upload is being concatenated into upload {final}; it is freed "
+                                   "once that upload is assembled")
             await asyncio.to_thread(self.store.terminate, upload_id, "this upload was terminated by its client")
             self.records.drop(upload_id)
         self.metrics.uploads_terminated.inc()
@@ -433,3 +462,7 @@ class TusHandler:
         self.shutting_down = True
         for interruption in list(self.active.values()):
             interruption.interrupt("the server is shutting down", errors.ServiceUnavailable)
+
+
+def _chunked(headers: Any) -> bool:
+    return "chunked" in headers.get("transfer-encoding", "").lower()

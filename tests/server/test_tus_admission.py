@@ -3,7 +3,10 @@ max_uploads (429), disk space (507); and the GGUF content check on the first byt
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +23,38 @@ MODEL = gguf_bytes(tensors=4, tensor_elems=1024)
 def overwriting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with running_server(tmp_path_factory.mktemp("overwrite"), fsync=False, allow_overwrite=True) as running:
         yield running
+
+
+MIB = 1024 * 1024
+PARTIAL = {"metadata": {}, "headers": {"Upload-Concat": "partial"}}
+
+
+@pytest.fixture(scope="module")
+def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server on a 64 MiB tmpfs keeping 32 MiB headroom: a little under 32 MiB can be admitted."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount_point = tmp_path_factory.mktemp("small-disk")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        with running_server(mount_point, fsync=False, disk_headroom="32MiB") as running:
+            yield running
+    finally:
+        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def clear(server: ServerProcess) -> None:
+    tus = TusClient(server.url)
+    for info in (server.staging_dir / "uploads").glob("*.info"):
+        tus.delete(f"/files/{info.stem}")
+
+
+def staged_bytes(server: ServerProcess) -> int:
+    return sum(path.stat().st_size for path in Path(server.staging_dir, "uploads").glob("*.bin"))
 
 
 @pytest.fixture(autouse=True)
@@ -113,3 +148,64 @@ def test_admission_without_disk_space_is_507_naming_sizes(tmp_path_factory: pyte
         assert_error(response, 507, "insufficient_storage")
         message = response.json()["message"]
         assert "needs 16.4 KiB" in message and "1000000.0 TiB is kept as headroom" in message and " free" in message
+
+
+def test_admission_partials_count_against_max_uploads(client: TusClient) -> None:
+    for _ in range(MAX_UPLOADS):
+        assert client.create(len(MODEL), **PARTIAL).status_code == 201  # type: ignore[arg-type]
+    assert_error(client.create(len(MODEL), **PARTIAL), 429, "too_many_uploads")  # type: ignore[arg-type]
+    assert_error(client.create(len(MODEL)), 429, "too_many_uploads")
+
+
+def test_admission_a_final_does_not_count_its_own_partials(client: TusClient) -> None:
+    split = len(MODEL) // 2
+    parts = []
+    for piece in (MODEL[:split], MODEL[split:]):
+        parts.append(client.location(len(piece), **PARTIAL))  # type: ignore[arg-type]
+        assert client.patch(parts[-1], piece, 0).status_code == 204
+    assert client.create(len(MODEL)).status_code == 201  # all three slots taken, two by the final's partials
+    response = client.create(None, headers={"Upload-Concat": "final;" + " ".join(parts), "Upload-Defer-Length": None})
+    assert response.status_code == 201, response.text
+    assert client.wait_state(response.headers["Location"], "installed")
+
+
+def test_admission_partials_reserve_disk_space(small_disk: ServerProcess) -> None:
+    clear(small_disk)
+    tus = TusClient(small_disk.url)
+    assert tus.create(20 * MIB, **PARTIAL).status_code == 201  # type: ignore[arg-type]
+    assert_error(tus.create(20 * MIB, **PARTIAL), 507, "insufficient_storage")  # type: ignore[arg-type]
+    assert_error(tus.create(20 * MIB), 507, "insufficient_storage")
+
+
+def test_admission_deferred_length_bytes_are_admitted_before_a_byte_is_stored(small_disk: ServerProcess) -> None:
+    clear(small_disk)
+    tus = TusClient(small_disk.url)
+    body = MODEL + bytes(40 * MIB - len(MODEL))  # fits on the disk, not within its headroom
+    location = tus.location(None)
+    assert_error(tus.patch(location, body, 0), 507, "insufficient_storage")
+    assert tus.offset(location) == 0
+    assert_error(tus.create(None, body=body), 507, "insufficient_storage")  # creation-with-upload, deferred
+    assert staged_bytes(small_disk) == 0
+    # a body of unknown size cannot be admitted before it arrives: the client must send Content-Length
+    assert_error(tus.patch(location, iter([MODEL]), 0), 411, "length_required")
+    assert tus.offset(location) == 0
+    assert tus.patch(location, MODEL, 0).status_code == 204  # what fits is taken
+    assert_error(tus.patch(location, b"x", len(MODEL), headers={"Upload-Length": str(40 * MIB)}), 507,
+                 "insufficient_storage")
+    assert tus.offset(location) == len(MODEL)
+
+
+def test_admission_a_final_is_admitted_against_free_space_before_it_is_assembled(small_disk: ServerProcess) -> None:
+    clear(small_disk)
+    tus = TusClient(small_disk.url)
+    body = MODEL + bytes(12 * MIB - len(MODEL))
+    parts = []
+    for _ in range(2):
+        parts.append(tus.location(len(body), **PARTIAL))  # type: ignore[arg-type]
+        assert tus.patch(parts[-1], body, 0).status_code == 204
+    before = staged_bytes(small_disk)
+    headers = {"Upload-Concat": "final;" + " ".join(parts), "Upload-Defer-Length": None}
+    assert_error(tus.create(None, headers=headers), 507, "insufficient_storage")
+    assert staged_bytes(small_disk) == before
+    tus.delete(parts[1])  # the partials were not taken by the refused final: they can still be deleted or used
+    assert tus.head(parts[1]).status_code == 410

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import pytest
 
 from tests.support.processes import ServerProcess, wait_for
 from tests.support.tus import client  # noqa: F401  (fixture)
-from tests.support.tus import TusClient, assert_error, data_path, gguf_bytes, module_server, unique_name, upload_id
+from tests.support.tus import (TusClient, assert_error, data_path, gguf_bytes, module_server, stored_files, unique_name,
+                               upload_id)
 
 server = module_server(fsync=False)
 MODEL = gguf_bytes(tensors=4, tensor_elems=1024)
@@ -63,11 +66,69 @@ def test_concat_final_gets_its_own_metadata(client: TusClient) -> None:
     assert "note" not in metadata
 
 
-def test_concat_partial_may_appear_twice(client: TusClient) -> None:
+def test_concat_partial_listed_twice_is_400_and_creates_nothing(client: TusClient, server: ServerProcess) -> None:
+    # one 1 MiB partial listed 60 times would otherwise become 60 MiB of staging in one request
     first, second = partial(client, MODEL[:SPLIT]), partial(client, MODEL[SPLIT:])
+    before = stored_files(server)
     response = final(client, [first, first, second])
-    assert response.status_code == 201
-    assert client.head(response.headers["Location"]).headers["Upload-Length"] == str(len(MODEL) + SPLIT)
+    assert_error(response, 400, "invalid_header")
+    assert upload_id(first) in response.json()["message"]
+    assert stored_files(server) == before
+    assert client.wait_state(final(client, [first, second]).headers["Location"], "installed")
+
+
+def test_concat_partial_is_used_by_one_final_only(client: TusClient, server: ServerProcess) -> None:
+    first, second = partial(client, MODEL[:SPLIT]), partial(client, MODEL[SPLIT:])
+    created = final(client, [first, second])
+    assert created.status_code == 201
+    client.wait_state(created.headers["Location"], "installed")
+    before = stored_files(server)
+    again = final(client, [first, second])
+    assert again.status_code in (409, 410), again.text
+    assert "concatenat" in again.json()["message"]
+    assert stored_files(server) == before
+    # consumed: its bytes are in the final, so staging holds them once, not twice
+    assert not data_path(server, first).exists() and not data_path(server, second).exists()
+
+
+def test_concat_failed_final_frees_its_data_and_its_partials(client: TusClient, server: ServerProcess) -> None:
+    broken = MODEL[:4] + b"\xff\xff\xff\x7f" + MODEL[8:]  # the magic, then a GGUF version nobody knows
+    first, second = partial(client, broken[:SPLIT]), partial(client, broken[SPLIT:])
+    location = final(client, [first, second]).headers["Location"]
+    status = client.wait_state(location, "failed")
+    assert status["reason"]
+    assert not data_path(server, location).exists()
+    assert client.head(location).headers["Upload-Offset"] == str(len(MODEL))  # the record stays, with its reason
+    for part in (first, second):
+        assert client.head(part).status_code == 410
+        assert not data_path(server, part).exists()
+
+
+def test_concat_partial_deleted_while_its_final_is_assembled_leaves_nothing_stuck(
+        client: TusClient, server: ServerProcess) -> None:
+    """A DELETE of a partial a final is being assembled from is refused (409) rather than waited for."""
+    big = bytes(96 * 1024 * 1024)
+    parts = [partial(client, MODEL[:SPLIT]), partial(client, big), partial(client, big)]
+    deletes: list[int] = []
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        creating = pool.submit(final, TusClient(server.url), parts)
+        while not creating.done():
+            deletes.append(client.delete(parts[-1]).status_code)
+        response = creating.result()
+    assert all(status < 500 for status in deletes), deletes
+    assert response.status_code < 500, response.text
+    if response.status_code == 201:
+        assert 204 not in deletes  # the partial was never taken from under the final
+        assert client.wait_state(response.headers["Location"], "installed", "failed")["reason"] is not None
+    else:
+        assert response.status_code in (409, 410), response.text
+        assert 204 in deletes
+    # no final left in receiving, holding a slot and its reservation
+    for record in (server.staging_dir / "uploads").glob("*.info"):
+        if '"concat": "final"' in record.read_text():
+            assert record.with_suffix(".status").exists(), record
+    for part in parts[:2]:
+        client.delete(part)
 
 
 def test_concat_patch_on_final_is_403_and_changes_nothing(client: TusClient, server: ServerProcess) -> None:
