@@ -26,6 +26,7 @@ from server.catalog import Catalog, public_facts, sha256_of
 from server.finalizer import finalize_lock_name
 from server.locks import LOCK_TTL_MS, RENEW_EVERY, Held, LockSpace
 from server.settings import Settings
+from server.store import sets
 from server.store.filestore import FileStore, fsync_directory, remove_entry, write_atomic
 from server.store.info import INSTALLED, TERMINAL_STATES, VERIFYING, UploadInfo
 from worker.publish import NameTaken, identity, notify_llama_server, publish, same_file, set_permissions
@@ -351,18 +352,15 @@ def _resume_after_move(ctx: Context, info: UploadInfo, status: dict[str, Any],
 
 
 def _members_path(ctx: Context, prefix: str) -> Path:
-    return ctx.sets_dir / f"{prefix}.members.json"
+    return sets.members_path(ctx.sets_dir, prefix)
 
 
 def _read_members(ctx: Context, prefix: str) -> dict[str, str]:
-    try:
-        return {str(k): str(v) for k, v in json.loads(_members_path(ctx, prefix).read_bytes()).items()}
-    except (FileNotFoundError, ValueError):
-        return {}
+    return sets.read_members(ctx.sets_dir, prefix)
 
 
 def _set_lock_name(prefix: str) -> str:
-    return "set-" + hashlib.sha256(prefix.encode()).hexdigest()[:32]
+    return sets.lock_name(prefix)  # the server's expiry of waiting sets takes the same lock
 
 
 @contextlib.contextmanager
