@@ -196,3 +196,55 @@ def test_a_connection_cut_mid_sendfile_resumes_from_the_servers_offset(server: S
     assert 0 < proxy.patch_offsets[1] <= 24 * MIB  # the second PATCH starts at the server's offset, not at 0
     assert result.stdout.startswith("installed Cut-Q4_K_M.gguf")
     assert sha256_of(installed_file(server, model.name)) == sha256_of(model)
+
+
+def _scripted_server(answers: list[list[bytes]]) -> tuple[int, list[bytes], threading.Thread]:
+    """Serves connection i with answers[i]: one answer per request head read, then closes the connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    heads: list[bytes] = []
+
+    def serve() -> None:
+        for script in answers:
+            conn, _ = listener.accept()
+            with conn:
+                for answer in script:
+                    buffer = b""
+                    while b"\r\n\r\n" not in buffer:
+                        buffer += conn.recv(65536)
+                    heads.append(buffer)
+                    conn.sendall(answer)
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], heads, thread
+
+
+def test_a_chunked_answer_is_read_whole_and_connection_close_is_obeyed() -> None:
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+               b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Twice: a\r\nx-twice: b\r\n\r\nok"
+    port, heads, thread = _scripted_server([[chunked], [plain]])
+    client = HttpClient(timeout=5)
+
+    first = client.request("GET", f"http://127.0.0.1:{port}/a", {})
+    second = client.request("GET", f"http://127.0.0.1:{port}/b?q=1", {})  # a new connection: the first was closed
+    client.close()
+    thread.join(5)
+
+    assert first.status == 200 and first.body == b"hello, world"
+    assert second.body == b"ok" and second.header("X-TWICE") == "a, b"
+    assert heads[1].startswith(b"GET /b?q=1 HTTP/1.1\r\nHost: 127.0.0.1:")
+
+
+def test_a_kept_alive_connection_closed_while_idle_is_replaced_at_once() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    port, heads, thread = _scripted_server([[answer], [answer]])  # the server closes after each answer
+    client = HttpClient(timeout=5)
+
+    client.request("GET", f"http://127.0.0.1:{port}/", {})
+    again = client.request("HEAD", f"http://127.0.0.1:{port}/", {})  # no NetworkError, no retry wait
+    client.close()
+    thread.join(5)
+
+    assert again.status == 200 and len(heads) == 2
