@@ -26,9 +26,9 @@ from server.catalog import Catalog, public_facts, sha256_of
 from server.finalizer import finalize_lock_name
 from server.locks import LOCK_TTL_MS, RENEW_EVERY, Held, LockSpace
 from server.settings import Settings
-from server.store import sets
-from server.store.filestore import FileStore, fsync_directory, remove_entry, write_atomic
-from server.store.info import INSTALLED, TERMINAL_STATES, VERIFYING, UploadInfo
+from server.store.filestore import (FileStore, PlantedLink, fsync_directory, open_regular, real_directory, remove_entry,
+                                    write_atomic)
+from server.store.info import FAILED, INSTALLED, TERMINAL_STATES, VERIFYING, UploadInfo
 from worker.publish import NameTaken, identity, notify_llama_server, publish, same_file, set_permissions
 
 log = logging.getLogger("modeldrop.finalize")
@@ -198,7 +198,10 @@ def _finalize(ctx: Context, upload_id: str) -> dict[str, Any]:
     status = store.read_status(upload_id) or {}
     if status.get("state") in TERMINAL_STATES:
         return status
-    if not info.is_complete and store.paths(upload_id).data.exists():
+    data = store.paths(upload_id).data
+    if os.path.islink(data):  # planted in place of the data: nothing is verified or published through it
+        return _fail(ctx, info, str(PlantedLink(data).strerror))
+    if not info.is_complete and data.exists():
         log.warning("upload=%s is not complete (%s of %s bytes); nothing to finalize", upload_id, info.offset,
                     info.length)
         return status
@@ -227,33 +230,72 @@ def _install(ctx: Context, info: UploadInfo, status: dict[str, Any]) -> dict[str
         shard = gguf.parse_shard_name(info.filename)
     except gguf.GGUFError as exc:
         raise Rejected(exc.reason) from None
-    if not data.exists():
+    if not os.path.lexists(data):
         return _resume_after_move(ctx, info, status, shard)
-    facts = _verify(ctx, info, data)
+    # Everything is checked through one descriptor opened without following links, so the file verified,
+    # hashed and given its permissions is the very file published, not whatever a name resolves to later
+    try:
+        fd = open_regular(data, os.O_RDONLY)
+    except PlantedLink as exc:
+        raise Rejected(exc.strerror) from None
+    try:
+        facts = _verify(ctx, info, fd)
+        if shard is not None:
+            _check_shard_keys(shard, facts)
+        digest = _sha256(ctx, info, _fd_path(fd, data))
+        _check_locks()
+        if info.sha256_expected and info.sha256_expected != digest:
+            raise Rejected(f"sha256 mismatch: the file's sha256 is {digest} but {info.sha256_expected} was expected; "
+                           "the upload is corrupt or the expected digest is for another file")
+        settings = ctx.settings
+        set_permissions(fd, settings.file_mode, settings.file_uid, settings.file_gid)
+        stat = os.fstat(fd)
+        verified = [stat.st_dev, stat.st_ino]
+    finally:
+        os.close(fd)
+    ctx.store.write_status(info.id, sha256=digest, gguf=public_facts(facts), progress=1.0, publish_inode=verified)
     if shard is not None:
-        _check_shard_keys(shard, facts)
-    digest = _sha256(ctx, info, data)
-    _check_locks()
-    if info.sha256_expected and info.sha256_expected != digest:
-        raise Rejected(f"sha256 mismatch: the file's sha256 is {digest} but {info.sha256_expected} was expected; "
-                       "the upload is corrupt or the expected digest is for another file")
-    settings = ctx.settings
-    set_permissions(data, settings.file_mode, settings.file_uid, settings.file_gid)
-    ctx.store.write_status(info.id, sha256=digest, gguf=public_facts(facts), progress=1.0,
-                           publish_inode=identity(data))
-    if shard is not None:
-        return _stage_shard(ctx, info, shard, data)
+        return _stage_shard(ctx, info, shard, data, verified)
     target = ctx.models_dir / info.filename
     with _holding_model_id(ctx, info.filename):
         _refuse_same_model(ctx, info.filename, folder=False)
         _confirm_locks()
+        _check_still(data, verified)
         try:
             publish(data, target, overwrite=settings.allow_overwrite)
         except NameTaken:
             if not same_file(data, target):  # a link made before a crash is ours; anything else is not
                 raise Rejected(f"a model named {info.filename!r} is already installed; it was not replaced") from None
             data.unlink()
+        except PlantedLink as exc:
+            raise Rejected(exc.strerror) from None
+        _check_published(target, verified, data)
     return _record_installed(ctx, info, target, info.filename)
+
+
+def _fd_path(fd: int, fallback: Path) -> Path:
+    """A name that opens exactly the file behind fd (Linux's /proc), for readers that take a path."""
+    proc = Path(f"/proc/self/fd/{fd}")
+    return proc if proc.exists() else fallback
+
+
+def _check_still(path: Path, verified: list[int]) -> None:
+    """Right before a rename: the name still holds the verified file, not a link or file swapped in since."""
+    if identity(path) != verified:
+        raise Rejected(f"{path.name} in staging was replaced after it was verified (by something other than this "
+                       "server); it was not installed")
+
+
+def _check_published(target: Path, verified: list[int], staging: Path) -> None:
+    """After the rename: what landed in models/ is the verified file; a swap that won the race between the
+    check above and the rename is taken back out at once."""
+    if identity(target) == verified:
+        return
+    quarantine = staging.with_name(f"{staging.name}.replaced")
+    with contextlib.suppress(OSError):
+        os.rename(target, quarantine)
+        remove_entry(quarantine)
+    raise Rejected(f"{staging.name} in staging was replaced while it was being installed; it was not installed")
 
 
 @contextlib.contextmanager
@@ -275,18 +317,14 @@ def _refuse_same_model(ctx: Context, entry: str, folder: bool) -> None:
                        "cannot replace each other in one step: delete the installed one first)")
 
 
-def _verify(ctx: Context, info: UploadInfo, data: Path) -> gguf.GGUFFacts:
-    fd = os.open(data, os.O_RDONLY)
-    try:
-        if ctx.store.durable:
-            os.fsync(fd)
-        size = os.fstat(fd).st_size
-    finally:
-        os.close(fd)
+def _verify(ctx: Context, info: UploadInfo, fd: int) -> gguf.GGUFFacts:
+    if ctx.store.durable:
+        os.fsync(fd)
+    size = os.fstat(fd).st_size
     if size != info.length:
         raise Rejected(f"size mismatch: {size} bytes were stored but Upload-Length was {info.length}")
     try:
-        facts = gguf.verify_file(data, size)
+        facts = gguf.verify_file(_fd_path(fd, ctx.store.paths(info.id).data), size)
     except gguf.GGUFError as exc:
         raise Rejected(exc.reason) from None
     if facts.architecture is None and facts.split_no in (None, 0):
@@ -352,15 +390,18 @@ def _resume_after_move(ctx: Context, info: UploadInfo, status: dict[str, Any],
 
 
 def _members_path(ctx: Context, prefix: str) -> Path:
-    return sets.members_path(ctx.sets_dir, prefix)
+    return ctx.sets_dir / f"{prefix}.members.json"
 
 
 def _read_members(ctx: Context, prefix: str) -> dict[str, str]:
-    return sets.read_members(ctx.sets_dir, prefix)
+    try:
+        return {str(k): str(v) for k, v in json.loads(_members_path(ctx, prefix).read_bytes()).items()}
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def _set_lock_name(prefix: str) -> str:
-    return sets.lock_name(prefix)  # the server's expiry of waiting sets takes the same lock
+    return "set-" + hashlib.sha256(prefix.encode()).hexdigest()[:32]
 
 
 @contextlib.contextmanager
@@ -372,17 +413,24 @@ def _holding_set(ctx: Context, prefix: str) -> Iterator[None]:
         yield
 
 
-def _stage_shard(ctx: Context, info: UploadInfo, shard: gguf.ShardName, data: Path | None) -> dict[str, Any]:
+def _stage_shard(ctx: Context, info: UploadInfo, shard: gguf.ShardName, data: Path | None,
+                 verified: list[int] | None = None) -> dict[str, Any]:
     """Adds a verified shard to its set in staging; publishes the set when every shard is there."""
     set_dir = ctx.sets_dir / shard.prefix
     with _holding_set(ctx, shard.prefix):
         if (ctx.models_dir / shard.prefix).exists() and not ctx.settings.allow_overwrite:
             raise Rejected(f"a split model named {shard.prefix!r} is already installed; it was not replaced")
-        set_dir.mkdir(parents=True, exist_ok=True)
+        try:  # a link planted as sets/ or sets/<prefix> would take the shards (and then the set) elsewhere
+            real_directory(ctx.sets_dir)
+            real_directory(set_dir)
+        except PlantedLink as exc:
+            raise Rejected(f"the split set cannot be staged: {exc.strerror}") from None
         members = _read_members(ctx, shard.prefix)
         previous = members.get(str(shard.number))
         _confirm_locks()
         if data is not None:
+            if verified is not None:
+                _check_still(data, verified)
             os.replace(data, set_dir / info.filename)  # type: ignore[operator]
             fsync_directory(set_dir)
         members[str(shard.number)] = info.id
@@ -411,19 +459,29 @@ def _stage_shard(ctx: Context, info: UploadInfo, shard: gguf.ShardName, data: Pa
 def _publish_set(ctx: Context, shard: gguf.ShardName, set_dir: Path, members: dict[str, str]) -> None:
     shards = []
     try:
+        real_directory(set_dir)
+        folder = identity(set_dir)
         for path in sorted(set_dir.iterdir()):
             name = gguf.parse_shard_name(path.name)
             if name is None or name.prefix != shard.prefix:
                 raise gguf.GGUFError(f"{path.name} does not belong to the split set {shard.prefix!r}")
-            shards.append((name, gguf.verify_file(path)))
+            fd = open_regular(path, os.O_RDONLY)  # a shard swapped for a link would be published as one
+            try:
+                shards.append((name, gguf.verify_file(_fd_path(fd, path))))
+            finally:
+                os.close(fd)
         gguf.check_split_set(shards)
         with _holding_model_id(ctx, shard.prefix):
             _refuse_same_model(ctx, shard.prefix, folder=True)
             _confirm_locks()
+            if identity(set_dir) != folder:
+                raise PlantedLink(set_dir, "a folder swapped in after the shards were verified")
             publish(set_dir, ctx.models_dir / shard.prefix, overwrite=ctx.settings.allow_overwrite)
-    except (gguf.GGUFError, NameTaken, Rejected) as exc:
+    except (gguf.GGUFError, NameTaken, Rejected, PlantedLink) as exc:
         if isinstance(exc, gguf.GGUFError):
             reason = exc.reason
+        elif isinstance(exc, PlantedLink):
+            reason = str(exc.strerror)
         elif isinstance(exc, Rejected):
             reason = str(exc)
         elif ctx.settings.allow_overwrite:  # only a filesystem that cannot swap folders refuses then
@@ -470,7 +528,7 @@ def _record_set_installed(ctx: Context, shard: gguf.ShardName) -> None:
 def _record_installed(ctx: Context, info: UploadInfo, target: Path, entry: str, notify: bool = True) -> dict[str, Any]:
     status = ctx.store.read_status(info.id) or {}
     now = time.time()
-    stat = target.stat()
+    stat = os.lstat(target)
     model_id = _model_id(entry)
     ctx.store.write_status(
         info.id, state=INSTALLED, reason=None, progress=1.0, final_name=str(target.relative_to(ctx.models_dir)),
@@ -509,8 +567,8 @@ def _fail(ctx: Context, info: UploadInfo, reason: str) -> dict[str, Any]:
     status = ctx.store.read_status(info.id) or {}
     now = time.time()
     log.info("failed upload=%s filename=%s: %s", info.id, info.filename, reason)
-    return ctx.store.mark_failed(info, reason, waiting_for_set=False,
-                                 duration=round(now - float(status.get("started_at", now)), 3))
+    return ctx.store.write_status(info.id, state=FAILED, reason=reason, waiting_for_set=False,
+                                  duration=round(now - float(status.get("started_at", now)), 3))
 
 
 def _fail_quietly(ctx: Context, upload_id: str, reason: str) -> None:

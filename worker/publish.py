@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from server.libc import libc
-from server.store.filestore import fsync_directory, remove_entry
+from server.store.filestore import PlantedLink, fsync_directory, remove_entry
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -52,8 +52,8 @@ def rename_noreplace(source: Path, target: Path) -> None:
             raise NameTaken(str(target))
         if code not in (errno.EINVAL, errno.ENOSYS):
             raise OSError(code, os.strerror(code), str(source))
-    if source.is_dir():
-        if target.exists():
+    if source.is_dir() and not source.is_symlink():
+        if os.path.lexists(target):
             raise NameTaken(str(target))
         os.rename(source, target)
         return
@@ -65,7 +65,13 @@ def rename_noreplace(source: Path, target: Path) -> None:
 
 
 def publish(source: Path, target: Path, overwrite: bool) -> None:
-    """Moves source to target in one step, then makes the directory entry durable."""
+    """Moves source to target in one step, then makes the directory entry durable.
+
+    Never a link: the server publishes only files and folders it made, and a link planted in staging
+    would put into models/ a name that resolves to something nobody verified.
+    """
+    if os.path.islink(source):
+        raise PlantedLink(source)
     swapped = False
     if not overwrite:
         rename_noreplace(source, target)
@@ -97,16 +103,20 @@ def _swap_folder(source: Path, target: Path) -> bool:
     return True
 
 
-def set_permissions(path: Path, mode: int, uid: int | None, gid: int | None) -> None:
+def set_permissions(fd: int, mode: int, uid: int | None, gid: int | None) -> None:
+    """Through the descriptor of the verified file: a path could be a link to a file outside the data dirs."""
     if uid is not None or gid is not None:
-        os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
-    os.chmod(path, mode)
+        os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+    os.fchmod(fd, mode)
 
 
 def identity(path: Path) -> list[int] | None:
-    """[device, inode]: the same file under whatever name it has now; None if nothing is at path."""
+    """[device, inode]: the same file under whatever name it has now; None if nothing is at path.
+
+    Of the entry itself, never of what a link there points to (lstat).
+    """
     try:
-        stat = path.stat()
+        stat = os.lstat(path)
     except FileNotFoundError:
         return None
     return [stat.st_dev, stat.st_ino]

@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import shutil
+import stat as stat_module
 import struct
 import time
 from collections.abc import Iterator, Sequence
@@ -30,7 +31,7 @@ from typing import Any
 from server import errors
 from server.libc import libc
 from server.store import digest
-from server.store.info import FAILED, QUEUED, TERMINAL_STATES, UPLOAD_ID, UploadInfo
+from server.store.info import QUEUED, TERMINAL_STATES, UPLOAD_ID, UploadInfo
 
 _CHECKPOINT = struct.Struct("<Q")
 _SYNC_FILE_RANGE_WRITE = 2
@@ -66,6 +67,61 @@ def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
         raise
     if durable:
         fsync_directory(path.parent)
+
+
+class PlantedLink(OSError):
+    """A symbolic link (or another non-regular entry) where the server keeps only entries it made itself.
+
+    Staging holds only what the server created, so such an entry was planted by someone else: nothing is
+    read, written, moved or published through it.
+    """
+
+    def __init__(self, path: Path | str, what: str = "a symbolic link") -> None:
+        super().__init__(errno.ELOOP, f"{Path(path).name} in staging is {what} the server did not create; "
+                                      "nothing is read or written through it", str(path))
+
+
+def open_nofollow(path: Path | str, flags: int, mode: int = 0o644) -> int:
+    """os.open that never resolves a link in the last component of path (raises PlantedLink instead)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PlantedLink(path) from None
+        raise
+
+
+def open_regular(path: Path | str, flags: int) -> int:
+    """open_nofollow of a file that must be a regular file: a FIFO or device there is planted too."""
+    fd = open_nofollow(path, flags | os.O_NONBLOCK)  # a planted FIFO must not hang the open
+    try:
+        if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+            raise PlantedLink(path, "not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_nofollow(path: Path | str) -> bytes:
+    """A small record's bytes, never read through a link (FileNotFoundError / PlantedLink otherwise)."""
+    fd = open_regular(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def real_directory(path: Path) -> Path:
+    """Creates path if needed and checks it is a directory itself, not a link to one planted in its place."""
+    path.mkdir(parents=True, exist_ok=True)
+    if not stat_module.S_ISDIR(os.lstat(path).st_mode):
+        raise PlantedLink(path, "a symbolic link to a folder")
+    return path
 
 
 def fsync_directory(directory: Path) -> None:
@@ -125,7 +181,7 @@ class FileStore:
         self.running_hashes: dict[str, tuple[int, bytes]] = {}
 
     def prepare(self) -> None:
-        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        real_directory(self.uploads_dir)
 
     # -- naming ---------------------------------------------------------------------------------
 
@@ -153,7 +209,7 @@ class FileStore:
     def create(self, info: UploadInfo) -> UploadInfo:
         """The data file first, the info record last: an upload exists once its record does."""
         paths = self.paths(info.id)
-        fd = os.open(paths.data, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = open_nofollow(paths.data, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.close(fd)
         write_atomic(paths.info, info.to_json().encode(), self.durable)
         return self.load(info.id)
@@ -161,13 +217,19 @@ class FileStore:
     def load(self, upload_id: str) -> UploadInfo:
         paths = self.paths(upload_id)
         try:
-            info = UploadInfo.from_json(paths.info.read_bytes())
+            info = UploadInfo.from_json(read_nofollow(paths.info))
         except FileNotFoundError:
             if paths.gone.exists():
                 raise errors.Gone(self._gone_reason(paths)) from None
             raise errors.NotFound() from None
+        except PlantedLink as exc:
+            raise errors.Forbidden(exc.strerror) from None
         try:
-            stat = os.stat(paths.data)
+            stat = os.lstat(paths.data)
+            if not stat_module.S_ISREG(stat.st_mode):
+                # a link planted in place of the data: its target's bytes are not this upload's (a PATCH
+                # there is refused when it opens the file)
+                return dataclasses.replace(info, offset=0, last_write_at=info.created_at)
             return dataclasses.replace(info, offset=stat.st_size, last_write_at=stat.st_mtime)
         except FileNotFoundError:
             # installed (data moved into the models directory), a verified shard staged in its split set
@@ -190,8 +252,8 @@ class FileStore:
 
     def read_status(self, upload_id: str) -> dict[str, Any] | None:
         try:
-            return dict(json.loads(self.paths(upload_id).status.read_bytes()))
-        except (FileNotFoundError, ValueError):
+            return dict(json.loads(read_nofollow(self.paths(upload_id).status)))
+        except (FileNotFoundError, PlantedLink, ValueError):  # a planted link is replaced by the next write
             return None
 
     def write_status(self, upload_id: str, **fields: Any) -> dict[str, Any]:
@@ -209,59 +271,6 @@ class FileStore:
         return self.write_status(info.id, state=QUEUED, offset=info.offset, reason=None,
                                  queued_at=time.time())
 
-    def mark_failed(self, info: UploadInfo, reason: str, **fields: Any) -> dict[str, Any]:
-        """`failed` is for good: the record keeps the reason, the bytes are freed now rather than at expiry.
-
-        A final concatenation's partials still in staging go too: nothing can use them any more.
-        """
-        status = self.write_status(info.id, state=FAILED, reason=reason, offset=info.offset, **fields)
-        self.remove_data(info.id)
-        for part in info.parts:
-            if self.paths(part).info.exists():
-                self.terminate(part, f"this partial upload was part of upload {info.id}, which failed: {reason}")
-        return status
-
-    # -- concatenation ----------------------------------------------------------------------------
-
-    def consumer(self, part: UploadInfo) -> UploadInfo | None:
-        """The final concatenation that claimed this partial, while that final exists."""
-        if part.consumed_by is None:
-            return None
-        try:
-            return self.load(part.consumed_by)
-        except (errors.HTTPError, OSError, ValueError, KeyError):
-            return None  # its final was never created (a crash, or a refused POST): the claim holds nothing
-
-    def assembling_into(self, part: UploadInfo) -> str | None:
-        """The final concatenation this partial is being copied into right now, if any."""
-        holder = self.consumer(part)
-        return holder.id if holder is not None and self.read_status(holder.id) is None else None
-
-    def claim_parts(self, final_id: str, parts: Sequence[UploadInfo]) -> None:
-        """Marks complete partials as used by final_id; the caller holds each partial's lock.
-
-        A partial belongs to one final only: used twice, one partial would become its size again in
-        staging with every final that lists it.
-        """
-        for part in parts:
-            holder = self.consumer(part)
-            if holder is None or holder.id == final_id:
-                continue
-            if self.read_status(holder.id) is None:
-                raise errors.InUse(f"partial upload {part.id} is being concatenated into upload {holder.id}; a "
-                                   "partial upload can be part of one final upload only")
-            raise errors.Gone(f"partial upload {part.id} was already concatenated into upload {holder.id}")
-        for part in parts:
-            self.save_info(dataclasses.replace(part, consumed_by=final_id))
-
-    def release_parts(self, final_id: str, part_ids: Sequence[str]) -> None:
-        """Gives back the partials of a final that could not be made; the caller holds their locks."""
-        for part_id in part_ids:
-            with contextlib.suppress(errors.HTTPError, OSError, ValueError, KeyError):
-                part = self.load(part_id)
-                if part.consumed_by == final_id:
-                    self.save_info(dataclasses.replace(part, consumed_by=None))
-
     def terminate(self, upload_id: str, reason: str) -> None:
         paths = self.paths(upload_id)
         self.drop_checkpoint(upload_id)
@@ -272,7 +281,7 @@ class FileStore:
 
     def _gone_reason(self, paths: UploadPaths) -> str:
         try:
-            return str(json.loads(paths.gone.read_bytes()).get("reason") or "")
+            return str(json.loads(read_nofollow(paths.gone)).get("reason") or "")
         except (OSError, ValueError):
             return ""
 
@@ -287,8 +296,8 @@ class FileStore:
 
     def load_checkpoint(self, upload_id: str) -> tuple[int, bytes] | None:
         try:
-            raw = self.paths(upload_id).checkpoint.read_bytes()
-        except FileNotFoundError:
+            raw = read_nofollow(self.paths(upload_id).checkpoint)
+        except (FileNotFoundError, PlantedLink):
             return None
         if len(raw) != _CHECKPOINT.size + 112:
             return None
@@ -350,14 +359,7 @@ class FileStore:
     # -- writing ----------------------------------------------------------------------------------
 
     def open_writer(self, info: UploadInfo, sync_interval: int, hash_pool: Executor | None = None) -> UploadWriter:
-        try:
-            return UploadWriter(self, info, sync_interval, hash_pool)
-        except FileNotFoundError:
-            status = self.read_status(info.id) or {}
-            if status.get("state") != FAILED:
-                raise
-            # a failed upload keeps its record and reason, not its bytes: there is nothing to append to
-            raise errors.Gone(f"this upload failed: {status.get('reason')}; start a new upload") from None
+        return UploadWriter(self, info, sync_interval, hash_pool)
 
     # -- maintenance ------------------------------------------------------------------------------
 
@@ -395,8 +397,7 @@ class FileStore:
         now = time.time() if now is None else now
         count = reserved = 0
         for info in self.open_uploads():
-            # a partial holds staging until a final takes it, complete or not; the final then counts instead
-            if (info.is_partial and info.consumed_by is None) or not (info.is_complete or info.is_partial):
+            if not info.is_complete and not info.is_partial:
                 count += 1
             if info.length is None:
                 continue
@@ -415,7 +416,7 @@ class FileStore:
             path = self.uploads_dir / name
             upload_id, _, suffix = name.partition(".")
             try:
-                age = now - path.stat().st_mtime
+                age = now - path.lstat().st_mtime
             except FileNotFoundError:
                 continue
             if ".tmp-" in suffix and age > orphan_age:
@@ -433,8 +434,8 @@ class FileStore:
         pending = _read_int(paths.pending)
         if pending is not None:
             # a PATCH with Upload-Checksum died before its bytes were verified: they must not count
-            with contextlib.suppress(FileNotFoundError):
-                os.truncate(paths.data, pending)
+            with contextlib.suppress(FileNotFoundError, PlantedLink):
+                _truncate_path(paths.data, pending)
             self.drop_checkpoint_after(upload_id, pending)
             paths.pending.unlink(missing_ok=True)
             report.rolled_back.append(upload_id)
@@ -465,9 +466,6 @@ class FileStore:
                 if now - float(status.get("updated_at", now)) > expire_after:
                     self.terminate(info.id, f"the record of this {status['state']} upload expired")
                     swept.append(info.id)
-            elif info.is_partial and info.is_complete:
-                if self._sweep_partial(info, expire_after, now):
-                    swept.append(info.id)
             elif not info.is_complete and now - max(info.last_write_at, info.created_at) > expire_after:
                 self.terminate(info.id, "this upload expired: nothing was received for too long")
                 swept.append(info.id)
@@ -475,23 +473,9 @@ class FileStore:
             if name.endswith(".gone"):
                 path = self.uploads_dir / name
                 with contextlib.suppress(FileNotFoundError):
-                    if now - path.stat().st_mtime > 4 * expire_after:
+                    if now - path.lstat().st_mtime > 4 * expire_after:
                         path.unlink()
         return swept
-
-    def _sweep_partial(self, info: UploadInfo, expire_after: float, now: float) -> bool:
-        """A complete partial waits for a final for expire_after; the final it went into frees it."""
-        holder = self.consumer(info)
-        if holder is not None:
-            if self.read_status(holder.id) is None:
-                return False  # being assembled (or to be, after a restart)
-            # assembled, but the process stopped before it freed the partial
-            self.terminate(info.id, f"this partial upload was concatenated into upload {holder.id}")
-            return True
-        if now - max(info.last_write_at, info.created_at) <= expire_after:
-            return False
-        self.terminate(info.id, f"this partial upload expired: no final upload used it within {expire_after:g}s")
-        return True
 
 
 class UploadWriter:
@@ -512,7 +496,10 @@ class UploadWriter:
         self.paths = store.paths(info.id)
         self.sync_interval = sync_interval
         self.hash_pool = hash_pool
-        self.fd = os.open(self.paths.data, os.O_RDWR)  # readable too: spliced bytes are hashed from a mapping
+        try:  # readable too: spliced bytes are hashed from a mapping
+            self.fd = open_regular(self.paths.data, os.O_RDWR)
+        except PlantedLink as exc:
+            raise errors.Forbidden(exc.strerror) from None
         self.offset = os.fstat(self.fd).st_size
         self.synced_offset = self.offset
         self.kicked_offset = self.offset
@@ -535,14 +522,12 @@ class UploadWriter:
             return None
         hasher = digest.ResumableSha256(checkpoint[1])
         position = checkpoint[0]
-        with open(self.paths.data, "rb", buffering=0) as source:
-            source.seek(position)
-            while position < self.offset:
-                block = source.read(min(_READ_BLOCK, self.offset - position))
-                if not block:
-                    return None
-                hasher.update(block)
-                position += len(block)
+        while position < self.offset:  # through the descriptor opened above, never the name again
+            block = os.pread(self.fd, min(_READ_BLOCK, self.offset - position), position)
+            if not block:
+                return None
+            hasher.update(block)
+            position += len(block)
         return hasher
 
     def hash_state(self) -> bytes | None:
@@ -709,14 +694,23 @@ def _hash_chunks(hasher: digest.ResumableSha256, chunks: Sequence[bytes]) -> Non
 
 def _read_int(path: Path) -> int | None:
     try:
-        return int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
+        return int(read_nofollow(path).decode().strip())
+    except (FileNotFoundError, PlantedLink, ValueError):
         return None
 
 
 def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    with contextlib.suppress(PlantedLink):
+        fd = open_regular(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _truncate_path(path: Path, length: int) -> None:
+    fd = open_regular(path, os.O_WRONLY)
     try:
-        os.fsync(fd)
+        os.ftruncate(fd, length)
     finally:
         os.close(fd)
