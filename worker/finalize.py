@@ -26,9 +26,10 @@ from server.catalog import Catalog, public_facts, sha256_of
 from server.finalizer import finalize_lock_name
 from server.locks import LOCK_TTL_MS, RENEW_EVERY, Held, LockSpace
 from server.settings import Settings
+from server.store import sets
 from server.store.filestore import (FileStore, PlantedLink, fsync_directory, open_regular, real_directory, remove_entry,
                                     write_atomic)
-from server.store.info import FAILED, INSTALLED, TERMINAL_STATES, VERIFYING, UploadInfo
+from server.store.info import INSTALLED, TERMINAL_STATES, VERIFYING, UploadInfo
 from worker.publish import NameTaken, identity, notify_llama_server, publish, same_file, set_permissions
 
 log = logging.getLogger("modeldrop.finalize")
@@ -390,18 +391,15 @@ def _resume_after_move(ctx: Context, info: UploadInfo, status: dict[str, Any],
 
 
 def _members_path(ctx: Context, prefix: str) -> Path:
-    return ctx.sets_dir / f"{prefix}.members.json"
+    return sets.members_path(ctx.sets_dir, prefix)
 
 
 def _read_members(ctx: Context, prefix: str) -> dict[str, str]:
-    try:
-        return {str(k): str(v) for k, v in json.loads(_members_path(ctx, prefix).read_bytes()).items()}
-    except (FileNotFoundError, ValueError):
-        return {}
+    return sets.read_members(ctx.sets_dir, prefix)
 
 
 def _set_lock_name(prefix: str) -> str:
-    return "set-" + hashlib.sha256(prefix.encode()).hexdigest()[:32]
+    return sets.lock_name(prefix)  # the server's expiry of waiting sets takes the same lock
 
 
 @contextlib.contextmanager
@@ -567,8 +565,8 @@ def _fail(ctx: Context, info: UploadInfo, reason: str) -> dict[str, Any]:
     status = ctx.store.read_status(info.id) or {}
     now = time.time()
     log.info("failed upload=%s filename=%s: %s", info.id, info.filename, reason)
-    return ctx.store.write_status(info.id, state=FAILED, reason=reason, waiting_for_set=False,
-                                  duration=round(now - float(status.get("started_at", now)), 3))
+    return ctx.store.mark_failed(info, reason, waiting_for_set=False,
+                                 duration=round(now - float(status.get("started_at", now)), 3))
 
 
 def _fail_quietly(ctx: Context, upload_id: str, reason: str) -> None:

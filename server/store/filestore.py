@@ -31,7 +31,7 @@ from typing import Any
 from server import errors
 from server.libc import libc
 from server.store import digest
-from server.store.info import QUEUED, TERMINAL_STATES, UPLOAD_ID, UploadInfo
+from server.store.info import FAILED, QUEUED, TERMINAL_STATES, UPLOAD_ID, UploadInfo
 
 _CHECKPOINT = struct.Struct("<Q")
 _SYNC_FILE_RANGE_WRITE = 2
@@ -271,6 +271,59 @@ class FileStore:
         return self.write_status(info.id, state=QUEUED, offset=info.offset, reason=None,
                                  queued_at=time.time())
 
+    def mark_failed(self, info: UploadInfo, reason: str, **fields: Any) -> dict[str, Any]:
+        """`failed` is for good: the record keeps the reason, the bytes are freed now rather than at expiry.
+
+        A final concatenation's partials still in staging go too: nothing can use them any more.
+        """
+        status = self.write_status(info.id, state=FAILED, reason=reason, offset=info.offset, **fields)
+        self.remove_data(info.id)
+        for part in info.parts:
+            if self.paths(part).info.exists():
+                self.terminate(part, f"this partial upload was part of upload {info.id}, which failed: {reason}")
+        return status
+
+    # -- concatenation ----------------------------------------------------------------------------
+
+    def consumer(self, part: UploadInfo) -> UploadInfo | None:
+        """The final concatenation that claimed this partial, while that final exists."""
+        if part.consumed_by is None:
+            return None
+        try:
+            return self.load(part.consumed_by)
+        except (errors.HTTPError, OSError, ValueError, KeyError):
+            return None  # its final was never created (a crash, or a refused POST): the claim holds nothing
+
+    def assembling_into(self, part: UploadInfo) -> str | None:
+        """The final concatenation this partial is being copied into right now, if any."""
+        holder = self.consumer(part)
+        return holder.id if holder is not None and self.read_status(holder.id) is None else None
+
+    def claim_parts(self, final_id: str, parts: Sequence[UploadInfo]) -> None:
+        """Marks complete partials as used by final_id; the caller holds each partial's lock.
+
+        A partial belongs to one final only: used twice, one partial would become its size again in
+        staging with every final that lists it.
+        """
+        for part in parts:
+            holder = self.consumer(part)
+            if holder is None or holder.id == final_id:
+                continue
+            if self.read_status(holder.id) is None:
+                raise errors.InUse(f"partial upload {part.id} is being concatenated into upload {holder.id}; a "
+                                   "partial upload can be part of one final upload only")
+            raise errors.Gone(f"partial upload {part.id} was already concatenated into upload {holder.id}")
+        for part in parts:
+            self.save_info(dataclasses.replace(part, consumed_by=final_id))
+
+    def release_parts(self, final_id: str, part_ids: Sequence[str]) -> None:
+        """Gives back the partials of a final that could not be made; the caller holds their locks."""
+        for part_id in part_ids:
+            with contextlib.suppress(errors.HTTPError, OSError, ValueError, KeyError):
+                part = self.load(part_id)
+                if part.consumed_by == final_id:
+                    self.save_info(dataclasses.replace(part, consumed_by=None))
+
     def terminate(self, upload_id: str, reason: str) -> None:
         paths = self.paths(upload_id)
         self.drop_checkpoint(upload_id)
@@ -359,7 +412,14 @@ class FileStore:
     # -- writing ----------------------------------------------------------------------------------
 
     def open_writer(self, info: UploadInfo, sync_interval: int, hash_pool: Executor | None = None) -> UploadWriter:
-        return UploadWriter(self, info, sync_interval, hash_pool)
+        try:
+            return UploadWriter(self, info, sync_interval, hash_pool)
+        except FileNotFoundError:
+            status = self.read_status(info.id) or {}
+            if status.get("state") != FAILED:
+                raise
+            # a failed upload keeps its record and reason, not its bytes: there is nothing to append to
+            raise errors.Gone(f"this upload failed: {status.get('reason')}; start a new upload") from None
 
     # -- maintenance ------------------------------------------------------------------------------
 
@@ -397,7 +457,8 @@ class FileStore:
         now = time.time() if now is None else now
         count = reserved = 0
         for info in self.open_uploads():
-            if not info.is_complete and not info.is_partial:
+            # a partial holds staging until a final takes it, complete or not; the final then counts instead
+            if (info.is_partial and info.consumed_by is None) or not (info.is_complete or info.is_partial):
                 count += 1
             if info.length is None:
                 continue
@@ -466,6 +527,9 @@ class FileStore:
                 if now - float(status.get("updated_at", now)) > expire_after:
                     self.terminate(info.id, f"the record of this {status['state']} upload expired")
                     swept.append(info.id)
+            elif info.is_partial and info.is_complete:
+                if self._sweep_partial(info, expire_after, now):
+                    swept.append(info.id)
             elif not info.is_complete and now - max(info.last_write_at, info.created_at) > expire_after:
                 self.terminate(info.id, "this upload expired: nothing was received for too long")
                 swept.append(info.id)
@@ -476,6 +540,20 @@ class FileStore:
                     if now - path.lstat().st_mtime > 4 * expire_after:
                         path.unlink()
         return swept
+
+    def _sweep_partial(self, info: UploadInfo, expire_after: float, now: float) -> bool:
+        """A complete partial waits for a final for expire_after; the final it went into frees it."""
+        holder = self.consumer(info)
+        if holder is not None:
+            if self.read_status(holder.id) is None:
+                return False  # being assembled (or to be, after a restart)
+            # assembled, but the process stopped before it freed the partial
+            self.terminate(info.id, f"this partial upload was concatenated into upload {holder.id}")
+            return True
+        if now - max(info.last_write_at, info.created_at) <= expire_after:
+            return False
+        self.terminate(info.id, f"this partial upload expired: no final upload used it within {expire_after:g}s")
+        return True
 
 
 class UploadWriter:

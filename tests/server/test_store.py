@@ -268,16 +268,21 @@ def test_store_load_of_a_moved_complete_upload_uses_the_status_offset(store: Fil
     assert store.load(info.id).offset == 4
 
 
-def test_store_admission_figures_skip_partials_complete_and_failed(store: FileStore) -> None:
+def test_store_admission_figures_count_partials_until_a_final_takes_them(store: FileStore) -> None:
     new_upload(store)
     new_upload(store, concat="partial")
+    done_partial = new_upload(store, length=4, concat="partial")
+    write(store, done_partial, b"GGUF")
+    taken = new_upload(store, length=4, concat="partial")
+    write(store, taken, b"GGUF")
+    store.claim_parts(store.new_id(), [store.load(taken.id)])
     failed = new_upload(store)
     store.write_status(failed.id, state="failed", reason="not gguf")
     complete = new_upload(store, length=4)
     write(store, complete, b"GGUF")
     unfinished, reserved = store.admission_figures()
-    assert unfinished == 1
-    assert reserved == 200  # the unfinished upload and the partial; not the failed one
+    assert unfinished == 3  # the unfinished upload and the two partials no final has taken
+    assert reserved == 200  # the unfinished upload and the unfinished partial; not the failed one
 
 
 def test_store_admission_figures_release_an_upload_that_never_started(store: FileStore) -> None:
@@ -347,3 +352,64 @@ def test_store_uploads_folder_planted_as_link_is_refused(tmp_path: Path) -> None
     (tmp_path / "staging" / "uploads").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(OSError, match="link"):
         FileStore(tmp_path / "staging").prepare()
+
+
+def test_store_sweep_expires_complete_partials_no_final_used(store: FileStore) -> None:
+    unused = new_upload(store, length=4, concat="partial")
+    write(store, unused, b"GGUF")
+    now = time.time()
+    assert store.sweep(3600, now=now + 60) == []
+    assert store.sweep(3600, now=now + 3601) == [unused.id]
+    with pytest.raises(errors.HTTPError) as caught:
+        store.load(unused.id)
+    assert caught.value.status == 410 and "no final upload used it" in caught.value.message
+    assert not store.paths(unused.id).data.exists()
+
+
+def test_store_sweep_keeps_partials_being_assembled_and_frees_those_already_used(store: FileStore) -> None:
+    parts = []
+    for _ in range(2):
+        parts.append(new_upload(store, length=4, concat="partial"))
+        write(store, parts[-1], b"GGUF")
+    assembling = new_upload(store, length=4, concat="final", parts=(parts[0].id,))
+    store.claim_parts(assembling.id, [store.load(parts[0].id)])
+    assembled = new_upload(store, length=4, concat="final", parts=(parts[1].id,))
+    store.claim_parts(assembled.id, [store.load(parts[1].id)])
+    store.paths(assembled.id).data.write_bytes(b"GGUF")
+    store.mark_queued(store.load(assembled.id))  # a crash came before the partial was freed
+    later = time.time() + 2 * 3600
+    os.utime(store.paths(assembling.id).data, (later, later))  # its copy is still writing
+    assert store.sweep(3600, now=later) == [parts[1].id]
+    assert store.load(parts[0].id).consumed_by == assembling.id
+    with pytest.raises(errors.HTTPError) as caught:
+        store.load(parts[1].id)
+    assert caught.value.status == 410 and assembled.id in caught.value.message
+
+
+def test_store_a_partial_belongs_to_one_final(store: FileStore) -> None:
+    part = new_upload(store, length=4, concat="partial")
+    write(store, part, b"GGUF")
+    first = new_upload(store, length=4, concat="final", parts=(part.id,))
+    store.claim_parts(first.id, [store.load(part.id)])
+    with pytest.raises(errors.HTTPError) as caught:
+        store.claim_parts(store.new_id(), [store.load(part.id)])
+    assert caught.value.status == 409 and first.id in caught.value.message
+    assert store.assembling_into(store.load(part.id)) == first.id
+    store.release_parts(first.id, [part.id])
+    assert store.load(part.id).consumed_by is None
+    never_created = store.new_id()  # a claim whose final never came to be holds nothing
+    store.claim_parts(never_created, [store.load(part.id)])
+    store.claim_parts(store.new_id(), [store.load(part.id)])
+
+
+def test_store_failed_upload_keeps_its_record_and_reason_not_its_bytes(store: FileStore) -> None:
+    info = new_upload(store, length=100)
+    write(store, info, b"GGUF", b"x" * 10)
+    store.mark_failed(store.load(info.id), "the GGUF header is truncated")
+    assert not store.paths(info.id).data.exists()
+    assert store.load(info.id).offset == 14
+    assert store.read_status(info.id)["reason"] == "the GGUF header is truncated"
+    assert store.open_uploads() == []
+    with pytest.raises(errors.HTTPError) as caught:
+        store.open_writer(store.load(info.id), MIB)
+    assert caught.value.status == 410 and "truncated" in caught.value.message
