@@ -207,9 +207,12 @@ def create_app(settings: Settings) -> Starlette:
 
 
 def web_missing(web_dir: Path) -> Callable[[Request], Awaitable[Response]]:
+    # where the server is installed is for its operator (the log), not for whoever opens the page
+    log.warning("the web UI is not built (%s has no index.html): / shows a note instead", web_dir)
+
     async def page(request: Request) -> Response:
-        return HTMLResponse(f"<h1>modeldrop</h1><p>The web UI is not built ({web_dir} has no index.html). "
-                            "Run <code>scripts/setup.sh run</code>, which builds it. The tus endpoint is "
+        return HTMLResponse("<h1>modeldrop</h1><p>The web UI is not built. Run <code>scripts/setup.sh run</code>, "
+                            "which builds it, or point <code>--web-dir</code> at a build. The tus endpoint is "
                             f"<code>{BASE_PATH}</code>.</p>", status_code=200)
     return page
 
@@ -307,13 +310,14 @@ async def maintain(parts: Components) -> None:
 
 def readiness_problems(parts: Components) -> list[str]:
     problems = []
-    for directory in (parts.settings.staging_dir, parts.settings.models_dir):
+    # by role, not path: /readyz is open, and where the data lives is the operator's business
+    for role, directory in (("staging", parts.settings.staging_dir), ("models", parts.settings.models_dir)):
         probe = Path(directory) / f".ready-probe-{os.getpid()}"
         try:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            problems.append(f"{directory} is not writable: {exc.strerror}")
+            problems.append(f"the {role} directory is not writable: {exc.strerror} (see --{role}-dir)")
     stat = os.statvfs(parts.settings.staging_dir)
     free = stat.f_bavail * stat.f_frsize
     if free < parts.settings.disk_headroom:

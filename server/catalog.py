@@ -3,20 +3,27 @@
 Files placed there by hand are listed too; their facts are read from their headers and cached by
 (size, mtime). The finalizer records what it installed (sha256, upload, time) in `<staging>/catalog/`,
 outside the directory llama-server scans.
+
+Nothing here follows a symbolic link inside the models directory: the server never makes one, so a link
+there was planted, and following it would let `verify?sha256=1` read (and hash) any file the server may
+read. Links are left out of the listing and refused by name; files are opened with O_NOFOLLOW, one path
+component at a time, so a link swapped in after a check is refused too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import secrets
+import stat as stat_module
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from server import errors, gguf
 from server.store.filestore import fsync_directory, remove_entry, write_atomic
@@ -42,19 +49,56 @@ def check_requested_name(name: str) -> None:
         raise errors.BadRequest("a model name must be valid UTF-8")
 
 
+def open_inside(root: Path, *parts: str) -> BinaryIO:
+    """Opens root/parts... for reading without following a link at any component below root.
+
+    root itself is the operator's setting and may be a link. Raises OSError (ELOOP for a link) and refuses
+    anything but a regular file at the end.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    directory = os.open(root, flags | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, flags | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
+            os.close(directory)
+            directory = inner
+        fd = os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=directory)
+    finally:
+        os.close(directory)
+    if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 def sha256_of(path: Path, on_progress: Callable[[int], None] | None = None) -> str:
+    """The digest of a file the server made; the worker passes /proc/self/fd/N, a link it means to follow."""
+    with open(path, "rb", buffering=0) as source:
+        return sha256_of_file(source, on_progress)
+
+
+def sha256_of_file(source: BinaryIO, on_progress: Callable[[int], None] | None = None) -> str:
     """One sequential read; the pages read are dropped so hashing a 50 GB file does not fill the cache."""
     digest = hashlib.sha256()
     done = 0
-    with open(path, "rb", buffering=0) as source:
-        while block := source.read(_HASH_BLOCK):
-            digest.update(block)
-            done += len(block)
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(source.fileno(), 0, done, os.POSIX_FADV_DONTNEED)
-            if on_progress is not None:
-                on_progress(done)
+    source.seek(0)
+    while block := source.read(_HASH_BLOCK):
+        digest.update(block)
+        done += len(block)
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(source.fileno(), 0, done, os.POSIX_FADV_DONTNEED)
+        if on_progress is not None:
+            on_progress(done)
     return digest.hexdigest()
+
+
+def verify_open(file: BinaryIO) -> gguf.GGUFFacts:
+    """gguf.verify_file for a file already opened: the header is sound and the length is what it says."""
+    size = os.fstat(file.fileno()).st_size
+    file.seek(0)
+    facts = gguf.parse_header(file.read, size)
+    gguf.check_complete(facts, size)
+    return facts
 
 
 class Catalog:
@@ -85,22 +129,23 @@ class Catalog:
     # -- facts --------------------------------------------------------------------------------------
 
     def facts_of(self, path: Path) -> tuple[dict[str, Any] | None, str | None]:
-        """(GGUF facts, problem) for one file, from cache while its size and mtime are unchanged."""
-        stat = path.stat()
-        key = str(path)
-        with self._lock:
-            cached = self._facts.get(key)
-        if cached and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
-            return cached[2], cached[3]
-        facts: dict[str, Any] | None = None
-        problem = None
-        try:
-            parsed = gguf.verify_file(path, stat.st_size)
-            facts = public_facts(parsed)
-        except gguf.GGUFError as exc:
-            problem = exc.reason
-        except OSError as exc:
-            problem = f"cannot read the file: {exc.strerror}"
+        """(GGUF facts, problem) for one file in the models directory, from cache while its size and mtime
+        are unchanged. OSError for a link or a file that went away."""
+        with open_inside(self.models_dir, *path.relative_to(self.models_dir).parts) as file:
+            stat = os.fstat(file.fileno())
+            key = str(path)
+            with self._lock:
+                cached = self._facts.get(key)
+            if cached and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
+                return cached[2], cached[3]
+            facts: dict[str, Any] | None = None
+            problem = None
+            try:
+                facts = public_facts(verify_open(file))
+            except gguf.GGUFError as exc:
+                problem = exc.reason
+            except OSError as exc:
+                problem = f"cannot read the file: {exc.strerror}"
         with self._lock:
             self._facts[key] = (stat.st_size, stat.st_mtime_ns, facts, problem)
         return facts, problem
@@ -108,39 +153,46 @@ class Catalog:
     # -- listing ------------------------------------------------------------------------------------
 
     def entry(self, name: str) -> dict[str, Any] | None:
+        """The model `name` in the models directory, or None (not there, not a model, or a link)."""
         if not entry_name_is_safe(name):
             return None
         path = self.models_dir / name
         try:
-            stat = path.stat()
+            stat = os.lstat(path)
         except FileNotFoundError:
             return None
         record = self.read_record(name)
-        if path.is_dir():
+        if stat_module.S_ISDIR(stat.st_mode):
             return self._directory_entry(name, path, stat, record)
-        if not name.lower().endswith(".gguf") or not path.is_file():
+        if not name.lower().endswith(".gguf") or not stat_module.S_ISREG(stat.st_mode):
             return None
         facts, problem = self.facts_of(path)
         unchanged = record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns
         return {
-            "name": name, "kind": "file", "path": str(path), "size": stat.st_size, "mtime": iso(stat.st_mtime),
+            "name": name, "kind": "file", "size": stat.st_size, "mtime": iso(stat.st_mtime),
             "sha256": record.get("sha256") if unchanged else None, "gguf": facts, "shards": None,
             "status": "ok" if problem is None else "invalid", "problem": problem,
             "installed_at": iso(record.get("installed_at")), "upload_id": record.get("upload_id"),
             "llama_server": record.get("llama_server"),
         }
 
+    def _shard_files(self, path: Path) -> Iterator[os.DirEntry[str]]:
+        with os.scandir(path) as children:
+            for child in children:
+                if child.is_file(follow_symlinks=False) and child.name.lower().endswith(".gguf"):
+                    yield child
+
     def _directory_entry(self, name: str, path: Path, stat: os.stat_result,
                          record: dict[str, Any]) -> dict[str, Any] | None:
-        files = sorted(child for child in path.iterdir() if child.is_file() and child.name.lower().endswith(".gguf"))
+        files = sorted(self._shard_files(path), key=lambda child: child.name)
         if not files:
             return None
         shards = []
         first_facts = None
         problem = None
         for file in files:
-            facts, file_problem = self.facts_of(file)
-            shards.append({"name": file.name, "size": file.stat().st_size})
+            facts, file_problem = self.facts_of(path / file.name)
+            shards.append({"name": file.name, "size": file.stat(follow_symlinks=False).st_size})
             problem = problem or (f"{file.name}: {file_problem}" if file_problem else None)
             try:
                 shard = gguf.parse_shard_name(file.name)
@@ -149,7 +201,7 @@ class Catalog:
             if first_facts is None and (shard is None or shard.number == 1):
                 first_facts = facts
         return {
-            "name": name, "kind": "split", "path": str(path), "size": sum(s["size"] for s in shards),
+            "name": name, "kind": "split", "size": sum(s["size"] for s in shards),
             "mtime": iso(stat.st_mtime), "sha256": None, "gguf": first_facts, "shards": shards,
             "shard_sha256": record.get("shard_sha256"),
             "status": "ok" if problem is None else "invalid", "problem": problem,
@@ -182,6 +234,9 @@ class Catalog:
 
     def describe(self, name: str) -> dict[str, Any]:
         check_requested_name(name)
+        if entry_name_is_safe(name) and (self.models_dir / name).is_symlink():
+            raise errors.Forbidden(f"{name[:120]!r} in the models directory is a symbolic link, which modeldrop "
+                                   "neither follows nor removes; replace it with the file, or remove it by hand")
         item = self.entry(name)
         if item is None:
             raise errors.NotFound(f"no model named {name[:120]!r} in the models directory")
@@ -192,22 +247,29 @@ class Catalog:
     def verify(self, name: str, with_sha256: bool = False) -> dict[str, Any]:
         """Re-checks size and structure on disk now (and the sha256, on request)."""
         item = self.describe(name)
-        base = Path(item["path"])
-        paths = [base / shard["name"] for shard in item["shards"]] if item["shards"] else [base]
+        files = [(name, shard["name"]) for shard in item["shards"]] if item["shards"] else [(name,)]
         problems = []
         facts_by_file = []
-        for path in paths:
+        digests: dict[str, str] = {}
+        for parts in files:
+            shown = parts[-1]
             try:
-                facts_by_file.append((path, gguf.verify_file(path)))
-            except gguf.GGUFError as exc:
-                problems.append(f"{path.name}: {exc.reason}" if item["shards"] else exc.reason)
+                with open_inside(self.models_dir, *parts) as file:
+                    try:
+                        facts_by_file.append((shown, verify_open(file)))
+                    except gguf.GGUFError as exc:
+                        problems.append(f"{shown}: {exc.reason}" if item["shards"] else exc.reason)
+                    if with_sha256:
+                        digests[shown] = sha256_of_file(file)
+            except OSError as exc:
+                problems.append(f"{shown} cannot be read: {exc.strerror}")
         if item["shards"] and not problems:
             try:
                 shards = []
-                for path, facts in facts_by_file:
-                    shard = gguf.parse_shard_name(path.name)
+                for shown, facts in facts_by_file:
+                    shard = gguf.parse_shard_name(shown)
                     if shard is None:
-                        raise gguf.GGUFError(f"{path.name} is not named like a shard (-0000k-of-0000N.gguf)")
+                        raise gguf.GGUFError(f"{shown} is not named like a shard (-0000k-of-0000N.gguf)")
                     shards.append((shard, facts))
                 gguf.check_split_set(shards)
             except gguf.GGUFError as exc:
@@ -216,14 +278,13 @@ class Catalog:
         if with_sha256:
             record = self.read_record(name)
             if item["shards"]:
-                digests = {path.name: sha256_of(path) for path in paths}
                 result["shard_sha256"] = digests
                 expected = record.get("shard_sha256") or {}
                 changed = [shard for shard, value in digests.items() if expected.get(shard) not in (None, value)]
                 if changed:
                     problems.append(f"sha256 differs from the one recorded at install for {', '.join(changed)}")
-            else:
-                actual = sha256_of(paths[0])
+            elif name in digests:
+                actual = digests[name]
                 result["sha256"] = actual
                 if record.get("sha256") and record["sha256"] != actual:
                     problems.append(f"sha256 is {actual}, but {record['sha256']} was recorded at install: the file "

@@ -34,8 +34,8 @@ def test_catalog_hand_placed_file_listed_with_header_facts(catalog: Catalog) -> 
 def test_catalog_facts_cached_until_size_or_mtime_changes(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_model(catalog.models_dir / "m.gguf", context_length=4096)
     calls = []
-    real = gguf.verify_file
-    monkeypatch.setattr(gguf, "verify_file", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = gguf.parse_header
+    monkeypatch.setattr(gguf, "parse_header", lambda *a, **k: calls.append(a) or real(*a, **k))
     assert catalog.facts_of(path)[0]["context_length"] == 4096
     assert catalog.facts_of(path)[0]["context_length"] == 4096
     assert len(calls) == 1
@@ -114,3 +114,49 @@ def test_catalog_unsafe_or_unknown_names_not_found(catalog: Catalog, name: str) 
     assert sorted(os.listdir(catalog.models_dir)) == [".hidden.gguf", "notes.txt", "set"]
     assert len(os.listdir(directory)) == 2
     assert (catalog.records_dir.parent / "outside.gguf").exists()
+
+
+@pytest.fixture
+def planted(catalog: Catalog, tmp_path: Path) -> Path:
+    """Links in models/ that nobody but a hand made: to a model outside, to a folder of shards outside, and a
+    shard inside a real set that points outside."""
+    (tmp_path / "outside").mkdir()
+    secret = write_model(tmp_path / "outside" / "secret.gguf")
+    (catalog.models_dir / "link.gguf").symlink_to(secret)
+    outside_set = tmp_path / "outside" / "oset"
+    outside_set.mkdir()
+    write_split_set(outside_set, "oset", 2)
+    (catalog.models_dir / "oset").symlink_to(outside_set)
+    real = catalog.models_dir / "mixed"
+    real.mkdir()
+    shards = write_split_set(real, "mixed", 2)
+    shards[1].unlink()
+    shards[1].symlink_to(outside_set / "oset-00002-of-00002.gguf")
+    return secret
+
+
+def test_catalog_never_follows_a_link_it_did_not_make(catalog: Catalog, planted: Path) -> None:
+    names = {entry["name"]: entry for entry in catalog.entries()}
+    assert "link.gguf" not in names and "oset" not in names
+    assert [shard["name"] for shard in names["mixed"]["shards"]] == ["mixed-00001-of-00002.gguf"]
+    for name in ("link.gguf", "oset"):
+        for action in (catalog.describe, catalog.verify, catalog.delete):
+            with pytest.raises(errors.HTTPError) as caught:
+                action(name)
+            assert 400 <= caught.value.status < 500 and "link" in caught.value.message
+        with pytest.raises(errors.HTTPError):
+            catalog.verify(name, with_sha256=True)
+    result = catalog.verify("mixed", with_sha256=True)
+    assert result["ok"] is False and "oset-00002" not in str(result.get("shard_sha256"))
+    assert (catalog.models_dir / "link.gguf").is_symlink() and planted.exists()
+
+
+def test_catalog_answers_name_no_directory(catalog: Catalog, tmp_path: Path) -> None:
+    import json
+
+    write_model(catalog.models_dir / "m.gguf")
+    directory = catalog.models_dir / "set"
+    directory.mkdir()
+    write_split_set(directory, "set", 2)
+    shown = json.dumps([catalog.listing(), catalog.describe("m.gguf"), catalog.verify("set", with_sha256=True)])
+    assert str(tmp_path) not in shown

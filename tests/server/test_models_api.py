@@ -108,3 +108,20 @@ def test_models_api_odd_names_get_a_4xx_with_a_message(server: ServerProcess) ->
                 assert reply.json()["message"], (method, prefix + name)
     assert os.listdir(server.models_dir) == ["kept.gguf"]
     assert "Traceback" not in server.log()
+
+
+def test_models_api_refuses_a_planted_link_and_shows_no_paths(server: ServerProcess, tmp_path: Path) -> None:
+    client = TusClient(server.url)
+    secret = write_model(tmp_path / "secret.gguf")
+    (server.models_dir / "link.gguf").symlink_to(secret)
+    write_model(server.models_dir / "real.gguf")
+    listing = client.request("GET", "/api/models")
+    assert [entry["name"] for entry in listing.json()["models"]] == ["real.gguf"]
+    for method, path in (("GET", "/api/verify/link.gguf?sha256=1"), ("GET", "/api/models/link.gguf"),
+                         ("DELETE", "/api/models/link.gguf")):
+        reply = client.request(method, path)
+        assert 400 <= reply.status < 500, (method, path, reply.status, reply.body)
+        assert file_sha256(secret) not in reply.body.decode()
+    assert (server.models_dir / "link.gguf").is_symlink()
+    for path in ("/api/models", "/api/models/real.gguf", "/api/verify/real.gguf?sha256=1"):
+        assert str(server.data_dir) not in client.request("GET", path).body.decode()

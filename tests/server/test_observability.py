@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -116,3 +117,23 @@ def test_method_override_only_turns_post_into_patch_or_delete(server: ServerProc
     assert "X-HTTP-Method-Override" in response.json()["message"]
     deleted = client.request("POST", location, {"X-HTTP-Method-Override": "delete"})
     assert deleted.status_code == 204
+
+
+def test_readyz_names_directories_by_role_not_path(server: ServerProcess) -> None:
+    import shutil
+
+    shutil.rmtree(server.models_dir)
+    server.models_dir.write_text("not a directory")
+    response = httpx.get(f"{server.url}/readyz")
+    assert response.status_code == 503
+    problems = response.json()["problems"]
+    assert any(problem.startswith("the models directory is not writable") for problem in problems), problems
+    assert str(server.data_dir) not in response.text
+
+
+def test_front_page_without_a_built_ui_shows_no_install_path(start_server: Callable[..., ServerProcess],
+                                                             tmp_path: Path) -> None:
+    server = start_server(web_dir=tmp_path / "no-ui")
+    response = httpx.get(f"{server.url}/")
+    assert response.status_code == 200 and "not built" in response.text
+    assert str(tmp_path) not in response.text and "/work" not in response.text and "/" + "root" not in response.text
