@@ -10,6 +10,7 @@ import argparse
 import logging
 import multiprocessing
 import os
+import resource
 import signal
 import socket
 import sys
@@ -78,6 +79,23 @@ def build_config(settings: Settings, fd: int | None = None) -> uvicorn.Config:
     )
 
 
+def raise_open_file_limit(ceiling: int = 65536) -> int:
+    """Lifts the soft limit on open files towards the hard one; returns the soft limit now.
+
+    Every connection is a file: at systemd's default soft limit of 1,024, accept() fails before uvicorn's
+    limit_concurrency (1,024) or --header-timeout can do their part, and slow clients shut everyone out.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+    return soft
+
+
 def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     keep_freed_heap()
     config = build_config(settings)
@@ -130,6 +148,7 @@ def run(command: str, args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"modeldrop serve: {exc}", file=sys.stderr)
         return 2
+    raise_open_file_limit()
     log.info("modeldrop listening on http://%s:%d (%s)", settings.host, settings.port, settings.describe())
     if settings.workers > 1:
         serve_processes(settings)

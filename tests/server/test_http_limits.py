@@ -188,3 +188,18 @@ def test_1000_slow_heads_keep_memory_bounded_and_others_answered(
     finally:
         for sock, _ in sockets:
             sock.close()
+
+
+def test_the_server_raises_its_own_open_file_limit(start_server: Callable[..., ServerProcess]) -> None:
+    """A soft limit of 1,024 (systemd's default) would make accept() fail before --header-timeout frees a slot."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"the hard fd limit ({hard}) leaves nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        server = start_server()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with open(f"/proc/{server.pid}/limits") as limits:
+        line = next(line for line in limits if line.startswith("Max open files"))
+    assert int(line.split()[3]) >= 4096, line
