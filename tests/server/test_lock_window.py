@@ -28,7 +28,7 @@ LOCK_TIMEOUT = 3.0
 def _scope(method: str, path: str, headers: dict[str, str]) -> dict[str, Any]:
     return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-            "headers": [(k.lower().encode(), v.encode()) for k, v in {"host": "test", **headers}.items()],
+            "headers": [(k.lower().encode(), v.encode()) for k, v in {"host": "localhost", **headers}.items()],
             "client": ("127.0.0.1", 1), "server": ("test", 80)}
 
 
