@@ -62,7 +62,8 @@ def open_inside(root: Path, *parts: str) -> BinaryIO:
             inner = os.open(part, flags | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
             os.close(directory)
             directory = inner
-        fd = os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=directory)
+        # O_NONBLOCK: a FIFO swapped in after the check must not hang the open (no effect on regular files)
+        fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=directory)
     finally:
         os.close(directory)
     if not stat_module.S_ISREG(os.fstat(fd).st_mode):
