@@ -113,7 +113,8 @@ def test_patch_first_bytes_not_gguf_is_400_and_stores_nothing(client: TusClient,
                                                               location: str) -> None:
     response = client.patch(location, b"\x89PNG" + MODEL[4:1000], 0)
     assert_error(response, 400, "not_gguf")
-    assert data_path(server, location).read_bytes() == b""
+    assert client.offset(location) == 0
+    assert not data_path(server, location).exists()  # failed: the record and its reason stay, no bytes
     assert client.status(location)["state"] == "failed"
 
 
@@ -130,7 +131,8 @@ def test_patch_wrong_second_half_of_the_magic_is_400(client: TusClient, server: 
                                                      location: str) -> None:
     assert client.patch(location, b"GG", 0).status_code == 204
     assert_error(client.patch(location, b"XX" + MODEL[4:100], 2), 400, "not_gguf")
-    assert data_path(server, location).read_bytes() == b"GG"
+    assert client.offset(location) == 2  # none of the request's bytes; the failed upload's own are freed
+    assert not data_path(server, location).exists()
 
 
 def test_patch_short_first_body_that_is_not_gguf_is_400(client: TusClient, location: str) -> None:
