@@ -39,7 +39,7 @@ def resume(kind: str, server: ServerProcess, url: str, model: Path) -> None:
 def one_round(server: ServerProcess, model: Path, fault: str, client: str, problems: list[str]) -> float:
     """Returns how long the lock took to be let go after the fault."""
     source = model.read_bytes()
-    url = create(server.url, len(source), f"{fault}-{model.name}")
+    url = create(server.url, len(source), f"{fault.replace(', ', '-')}-{model.name}")  # a plain name
     sent = 3 * MIB + 12345
     raw = start_patch(url, source, sent)
     time.sleep(1.0)  # let the server read what was sent (no HEAD: that would ask for the lock)
