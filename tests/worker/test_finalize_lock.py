@@ -22,7 +22,7 @@ from server.finalizer import finalize_lock_name
 from server.settings import Settings
 from server.store.info import UploadInfo
 from tests.ggufgen import write_model
-from tests.support.processes import RedisProcess, wait_for
+from tests.support.processes import RedisProcess
 
 
 @pytest.fixture
