@@ -527,6 +527,8 @@ class FileStore:
                 if now - float(status.get("updated_at", now)) > expire_after:
                     self.terminate(info.id, f"the record of this {status['state']} upload expired")
                     swept.append(info.id)
+                elif status["state"] == FAILED and self.paths(info.id).data.exists():
+                    self.remove_data(info.id)  # mark_failed was cut short between the status and the unlink
             elif info.is_partial and info.is_complete:
                 if self._sweep_partial(info, expire_after, now):
                     swept.append(info.id)

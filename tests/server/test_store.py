@@ -413,3 +413,8 @@ def test_store_failed_upload_keeps_its_record_and_reason_not_its_bytes(store: Fi
     with pytest.raises(errors.HTTPError) as caught:
         store.open_writer(store.load(info.id), MIB)
     assert caught.value.status == 410 and "truncated" in caught.value.message
+    cut_short = new_upload(store, length=100)  # a crash between the failed status and the unlink
+    write(store, cut_short, b"GGUF")
+    store.write_status(cut_short.id, state="failed", reason="bad header", offset=4)
+    store.sweep(3600)
+    assert not store.paths(cut_short.id).data.exists() and store.load(cut_short.id).offset == 4

@@ -97,7 +97,7 @@ def test_concat_failed_final_frees_its_data_and_its_partials(client: TusClient, 
     location = final(client, [first, second]).headers["Location"]
     status = client.wait_state(location, "failed")
     assert status["reason"]
-    assert not data_path(server, location).exists()
+    wait_for(lambda: not data_path(server, location).exists(), 5, "the failed final's bytes to be freed")
     assert client.head(location).headers["Upload-Offset"] == str(len(MODEL))  # the record stays, with its reason
     for part in (first, second):
         assert client.head(part).status_code == 410
