@@ -156,7 +156,8 @@ OPTIONS: tuple[Option, ...] = (
            commands=("serve",)),
     Option("sync_interval", parse_size, 256 * MIB, "bytes between syncs inside one long PATCH", commands=("serve",)),
     Option("expire_after", float, 7 * 24 * 3600.0,
-           "seconds an unfinished upload, or the record of a finished one, is kept"),
+           "seconds an idle unfinished upload (also a partial no final used, or a split set no shard joined), "
+           "or the record of a finished one, is kept"),
     Option("max_metadata", parse_size, 4 * KIB, "largest Upload-Metadata header accepted", commands=("serve",)),
     Option("max_uploads", int, 64, "unfinished uploads accepted at once", commands=("serve",)),
     Option("disk_headroom", parse_size, 1 * GIB, "free space always left on the staging filesystem",
