@@ -76,7 +76,7 @@ def measure_client(server: Server, source: dict[str, Any], client: str) -> dict[
             extra["patch_mbps"] = source["length"] / 1e6 / (result["t_end"] - result["t_start"])
         else:
             argv = [str(PYTHON), "-m", "cli.main", "upload", source["path"], "--server",
-                    f"http://127.0.0.1:{server.port}", "-q", "--state-file", str(state_file)]
+                    f"http://127.0.0.1:{server.port}", "--state-file", str(state_file)]
             env = {**os.environ, "PYTHONPATH": str(server.code_dir)}
             started = time.monotonic()
             out = subprocess.run(argv, cwd=server.code_dir, env=env, capture_output=True, text=True, timeout=900)

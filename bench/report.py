@@ -146,6 +146,11 @@ def _targets(meta: dict[str, Any], results: Results) -> list[str]:
             ratio = statistics.median(pair_ratios(cli, client))
             rows.append((f"`modeldrop upload` ≥ {CLI_TO_CLIENT} × the sendfile client, to installed ({server})",
                          f"{ratio:.2f}", ratio >= CLI_TO_CLIENT))
+        patch_only = _col(by_path.get(f"{SENDFILE_CLIENT} → {server}", []), "patch_mbps")
+        if cli and patch_only:  # the harsher yardstick: the CLI's whole run against the client's PATCH alone
+            ratio = statistics.median(pair_ratios(cli, patch_only))
+            rows.append((f"(reference) `modeldrop upload`, start to installed, ÷ the sendfile client's PATCH alone "
+                         f"({server})", f"{ratio:.2f}", None))
         rsync = _col(by_path.get(RSYNC, []), "mbps")
         if cli and rsync:
             ratio = statistics.median(pair_ratios(cli, rsync))
@@ -160,7 +165,7 @@ def _targets(meta: dict[str, Any], results: Results) -> list[str]:
         name = WORKLOAD_NAMES[workload]
         if "modeldrop" in by_server and machine:
             ratio = statistics.median(pair_ratios(_col(by_server["modeldrop"], "mbps"), machine))
-            rows.append((f"(machine) fsync on ÷ the machine's limit, {', '.join(which) or '?'} ({name})",
+            rows.append((f"(machine) fsync on ÷ the machine's limit [{', '.join(which) or '?'}] ({name})",
                          f"{ratio:.2f}", None))
         peer = _fastest_peer(by_server)
         if "modeldrop-nofsync" in by_server and peer:

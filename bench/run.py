@@ -219,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     sshd = paths.Sshd() if "rsync" in workloads and "rsync" not in skipped else None
     try:
         if sshd is not None:
-            sshd.start()
+            try:
+                sshd.start()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+                skip("rsync", f"sshd could not be started: {error}")
+                sshd = None
         for rep in range(args.reps):
             order = servers[rep % len(servers):] + servers[: rep % len(servers)]
             print(f"repetition {rep + 1}/{args.reps}", flush=True)
