@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,3 +250,47 @@ def test_a_kept_alive_connection_closed_while_idle_is_replaced_at_once() -> None
     thread.join(5)
 
     assert again.status == 200 and len(heads) == 2
+
+
+def test_over_tls_the_body_goes_in_blocks_and_arrives_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sendfile cannot encrypt: https goes through http.client, the body read and sent in blocks."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a throwaway certificate")
+    import ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the client's default context trusts it, and only it
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    got: dict[str, bytes] = {}
+
+    def serve() -> None:
+        raw, _ = listener.accept()
+        with context.wrap_socket(raw, server_side=True) as conn:
+            buffer = b""
+            while b"\r\n\r\n" not in buffer:
+                buffer += conn.recv(65536)
+            head, body = buffer.split(b"\r\n\r\n", 1)
+            collected = bytearray(body)
+            _drain(conn, collected, 3 * MIB)
+            got["head"], got["body"] = head, bytes(collected)
+            conn.sendall(b"HTTP/1.1 204 No Content\r\nUpload-Offset: 7\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    data = _data(tmp_path / "data.bin", 3 * MIB + 10)
+    reported: list[int] = []
+    client = HttpClient(timeout=10)
+    with open(tmp_path / "data.bin", "rb") as handle:
+        response = client.request("PATCH", f"https://127.0.0.1:{listener.getsockname()[1]}/files/t",
+                                  {"Content-Length": str(3 * MIB)}, FileSlice(handle, 10, 3 * MIB, reported.append))
+    client.close()
+    thread.join(10)
+    listener.close()
+
+    assert response.status == 204 and response.header("upload-offset") == "7"
+    assert got["body"] == data[10:10 + 3 * MIB] and sum(reported) == 3 * MIB
