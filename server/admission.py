@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from server import errors, gguf
+from server.locks import LockSpace
 from server.settings import Settings
 from server.store.filestore import FileStore
+
+Created = TypeVar("Created")
+ADMISSION_LOCK = "admission"
 
 def installed_name(filename: str) -> str:
     """The entry a finished upload becomes in the models directory: the file, or a split set's folder."""
@@ -53,9 +58,10 @@ def describe_same_model(entry: str, folder: bool, others: list[str]) -> str:
 
 
 class Admission:
-    def __init__(self, settings: Settings, store: FileStore) -> None:
+    def __init__(self, settings: Settings, store: FileStore, locks: LockSpace | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.locks = locks
         self.tokens = tuple(token.encode() for token in settings.token)
 
     @property
@@ -92,6 +98,25 @@ class Admission:
             what = "a split model" if name != filename else "a model"
             raise errors.AlreadyInstalled(f"{what} named {name!r} is already installed; delete it first or "
                                           "upload under another name")
+
+    def admit(self, length: int | None, create: Callable[[], Created]) -> Created:
+        """Runs in a thread: check_capacity and the creation of the upload's record, as one step.
+
+        Checked and created apart, creations arriving together all passed on the same free slot (30 at once
+        took 5 of 3 --max-uploads). The lock is the LockSpace's, so it holds across server processes and,
+        with Redis, across hosts.
+        """
+        held = None
+        if self.locks is not None:
+            held = self.locks.acquire_blocking(ADMISSION_LOCK, self.settings.lock_timeout)
+            if held is None:
+                raise errors.Locked("the server is busy admitting other uploads; retry shortly")
+        try:
+            self.check_capacity(length)
+            return create()
+        finally:
+            if held is not None:
+                held.release()
 
     def check_capacity(self, length: int | None) -> None:
         """Runs in a thread: counts unfinished uploads and reserves Upload-Length against free space."""

@@ -88,7 +88,7 @@ class Components:
             self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.locks = LockSpace(settings.staging_dir, self.redis)
         self.locker = AsyncLocker(self.locks, settings.lock_timeout)
-        self.admission = Admission(settings, self.store)
+        self.admission = Admission(settings, self.store, self.locks)
         self.metrics = Metrics()
         self.catalog = catalog.Catalog(settings.models_dir, settings.staging_dir)
         self.finalizer: Finalizer | None = None

@@ -30,18 +30,26 @@ def first_bytes(store: FileStore, parts: Sequence[UploadInfo], count: int) -> by
     return collected
 
 
-def assemble_final(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo]) -> UploadInfo:
-    """Creates the final upload's record and data from its claimed partials; marks it queued when done.
+def create_final(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo]) -> UploadInfo:
+    """The final upload's record (and empty data file), once its claimed partials start like a model.
 
-    If it cannot be made, the final is taken away again before the error is raised: a final left in
-    `receiving` would hold an upload slot and its disk reservation until it expired.
+    Separate from fill_final so that admission can create the record under its lock, and the copy, which
+    can take minutes, runs after the lock is let go.
     """
     try:
         if first_bytes(store, parts, len(gguf.MAGIC)) != gguf.MAGIC:
             raise errors.NotGGUF("the concatenated upload does not start with the GGUF magic: it is not a GGUF model")
     except FileNotFoundError:
         raise _part_gone(store, parts) from None
-    store.create(final)
+    return store.create(final)
+
+
+def fill_final(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo]) -> UploadInfo:
+    """Copies the partials into the final; marks it queued when done.
+
+    If it cannot be made, the final is taken away again before the error is raised: a final left in
+    `receiving` would hold an upload slot and its disk reservation until it expired.
+    """
     try:
         copy_parts(store, final, parts)
     except BaseException:

@@ -32,7 +32,7 @@ from server.store.cache import UploadCache
 from server.store.filestore import FileStore, write_atomic
 from server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, TERMINAL_STATES, UploadInfo
 from server.tus import headers as tus
-from server.tus.assemble import assemble_final
+from server.tus.assemble import create_final, fill_final
 from server.tus.body import BodyLimits, Interruption, receive_body, stopped_error
 from server.tus.spliced import receive_from_socket
 
@@ -165,10 +165,9 @@ class TusHandler:
                           concat=concat.kind if concat else None)
         if concat is not None and concat.kind == CONCAT_FINAL:
             return await self._create_final(request, info, concat.parts)
-        await asyncio.to_thread(self.admission.check_capacity, length)
         if has_body and length is None:
             await asyncio.to_thread(self.admission.check_unsized_body, content_length, _chunked(h))
-        info = await asyncio.to_thread(self.store.create, info)
+        info = await asyncio.to_thread(self.admission.admit, length, functools.partial(self.store.create, info))
         self.metrics.uploads_created.inc()
         log.info("created upload=%s filename=%s length=%s%s", info.id, filename, length,
                  f" concat={info.concat}" if info.concat else "")
@@ -208,10 +207,11 @@ class TusHandler:
                 raise errors.NotGGUF("an empty file is not a GGUF model")
             await asyncio.to_thread(self.store.claim_parts, info.id, parts)
         try:
-            # after the claim, so the partials this final replaces no longer take upload slots
-            await asyncio.to_thread(self.admission.check_capacity, length)
             info = dataclasses.replace(info, length=length, parts=tuple(part_ids))
-            info = await asyncio.to_thread(assemble_final, self.store, info, parts)
+            # admitted after the claim, so the partials this final replaces no longer take upload slots
+            info = await asyncio.to_thread(self.admission.admit, length,
+                                           functools.partial(create_final, self.store, info, parts))
+            info = await asyncio.to_thread(fill_final, self.store, info, parts)
         except Exception:
             with contextlib.suppress(errors.HTTPError):
                 async with self._holding(part_ids):

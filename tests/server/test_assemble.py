@@ -40,7 +40,7 @@ def test_assemble_a_partial_gone_mid_copy_is_410_and_leaves_no_final(store: File
 
     monkeypatch.setattr(assemble, "_copy", copy_then_lose_the_second)
     with pytest.raises(errors.HTTPError) as caught:
-        assemble.assemble_final(store, final, [first, second])
+        assemble.fill_final(store, assemble.create_final(store, final, [first, second]), [first, second])
     assert caught.value.status == 410 and second.id in caught.value.message
     # no final left in receiving: it would hold an upload slot and its disk reservation
     assert final.id not in store.list_ids() and not store.paths(final.id).data.exists()
@@ -51,7 +51,7 @@ def test_assemble_frees_the_partials_once_the_final_holds_their_bytes(store: Fil
     first, second = complete_partial(store, b"GGUF" + bytes(10)), complete_partial(store, b"abc")
     final = UploadInfo(id=store.new_id(), length=17, filename="m.gguf", created_at=time.time(), concat="final",
                        parts=(first.id, second.id))
-    made = assemble.assemble_final(store, final, [first, second])
+    made = assemble.fill_final(store, assemble.create_final(store, final, [first, second]), [first, second])
     assert store.paths(made.id).data.read_bytes() == b"GGUF" + bytes(10) + b"abc"
     assert store.read_status(made.id)["state"] == "queued"
     for part in (first, second):

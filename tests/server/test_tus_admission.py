@@ -3,11 +3,13 @@ max_uploads (429), disk space (507); and the GGUF content check on the first byt
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.processes import ServerProcess
@@ -209,3 +211,22 @@ def test_admission_a_final_is_admitted_against_free_space_before_it_is_assembled
     assert staged_bytes(small_disk) == before
     tus.delete(parts[1])  # the partials were not taken by the refused final: they can still be deleted or used
     assert tus.head(parts[1]).status_code == 410
+
+
+def test_admission_creations_arriving_together_cannot_share_the_last_slot(
+        start_server: Callable[..., ServerProcess]) -> None:
+    racing = start_server(max_uploads=MAX_UPLOADS)  # fsync on: each creation takes long enough to race
+    tus = TusClient(racing.url)
+
+    def create(number: int) -> httpx.Response:
+        own = TusClient(racing.url)
+        return own.create(len(MODEL), **(PARTIAL if number % 2 else {}))  # type: ignore[arg-type]
+
+    for _ in range(5):
+        with concurrent.futures.ThreadPoolExecutor(30) as pool:
+            answers = list(pool.map(create, range(30)))
+        created = [answer.headers["Location"] for answer in answers if answer.status_code == 201]
+        assert sorted({answer.status_code for answer in answers}) == [201, 429]
+        assert len(created) == MAX_UPLOADS
+        for location in created:
+            assert tus.delete(location).status_code == 204
