@@ -187,6 +187,8 @@ def test_admission_deferred_length_bytes_are_admitted_before_a_byte_is_stored(sm
     assert_error(tus.patch(location, body, 0), 507, "insufficient_storage")
     assert tus.offset(location) == 0
     assert_error(tus.create(None, body=body), 507, "insufficient_storage")  # creation-with-upload, deferred
+    deferred_partial = tus.location(None, **PARTIAL)  # type: ignore[arg-type]
+    assert_error(tus.patch(deferred_partial, body, 0), 507, "insufficient_storage")
     assert staged_bytes(small_disk) == 0
     # a body of unknown size cannot be admitted before it arrives: the client must send Content-Length
     assert_error(tus.patch(location, iter([MODEL]), 0), 411, "length_required")
