@@ -50,8 +50,9 @@ def _identical(path: Path, expected: str) -> bool:
     return path.exists() and sha256_file(path, drop_cache=True) == expected
 
 
-def measure_client(server: Server, source: dict[str, Any], client: str) -> dict[str, Any]:
-    """One upload of the source by `client` (SENDFILE_CLIENT or CLI) to a fresh `server`, to installed."""
+def measure_client(server: Server, source: dict[str, Any], client: str, cli_dir: Path | None = None) -> dict[str, Any]:
+    """One upload of the source by `client` (SENDFILE_CLIENT or CLI) to a fresh `server`, to installed; the CLI
+    runs from `cli_dir` (another checkout, for a before/after) or else from the server's code."""
     name = Path(source["path"]).name
     warm(Path(source["path"]))
     server.start()
@@ -77,9 +78,10 @@ def measure_client(server: Server, source: dict[str, Any], client: str) -> dict[
         else:
             argv = [str(PYTHON), "-m", "cli.main", "upload", source["path"], "--server",
                     f"http://127.0.0.1:{server.port}", "--state-file", str(state_file)]
-            env = {**os.environ, "PYTHONPATH": str(server.code_dir)}
+            code = cli_dir or server.code_dir
+            env = {**os.environ, "PYTHONPATH": str(code)}
             started = time.monotonic()
-            out = subprocess.run(argv, cwd=server.code_dir, env=env, capture_output=True, text=True, timeout=900)
+            out = subprocess.run(argv, cwd=code, env=env, capture_output=True, text=True, timeout=900)
             ended = time.monotonic()
             if out.returncode != 0 or not out.stdout.startswith(f"installed {name}"):
                 raise RuntimeError(f"modeldrop upload failed ({out.returncode}): {out.stdout} {out.stderr[-2000:]}")

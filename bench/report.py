@@ -122,6 +122,11 @@ def _ratios(results: Results) -> list[str]:
             rows.append(f"| paths | {name} ÷ {MACHINE} | {fmt(pair_ratios(_col(runs, 'mbps'), machine), 2)} |")
     for server in _path_servers(by_path):
         cli = _col(by_path.get(f"{CLI} → {server}", []), "mbps")
+        client = _col(by_path.get(f"{SENDFILE_CLIENT} → {server}", []), "mbps")
+        for name, runs in by_path.items():  # CLI variants (--cli-variant) against the same yardstick
+            if name.startswith(f"{CLI}@") and name.endswith(f" → {server}") and client:
+                rows.append(f"| paths | {name} ÷ {SENDFILE_CLIENT} → {server} | "
+                            f"{fmt(pair_ratios(_col(runs, 'mbps'), client), 2)} |")
         for other in (f"{SENDFILE_CLIENT} → {server}", RSYNC, f"{BROWSER} → {server}"):
             if cli and other in by_path:
                 rows.append(f"| paths | {CLI} → {server} ÷ {other} | "

@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modeldrop-dir", type=Path, default=REPO, help="run modeldrop from a copy (experiments)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
                         help="a copy of the code to compare, run as servers modeldrop@NAME, modeldrop-nofsync@NAME")
+    parser.add_argument("--cli-variant", action="append", default=[], metavar="NAME=DIR",
+                        help="a copy of the code whose `modeldrop upload` also runs in the cli workload, as "
+                             "'modeldrop upload@NAME', against the same servers (a before/after of the CLI alone)")
     parser.add_argument("--modeldrop-arg", action="append", default=[], help="extra `serve` flag (repeatable)")
     parser.add_argument("--out", type=Path, help="markdown results (default bench/results/<date>.md)")
     parser.add_argument("--label", default="", help="a note printed in the results")
@@ -179,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.size, args.reps, args.concurrent_size = GIB, 1, 64 * MIB
     variants = {name: Path(path).resolve() for name, _, path in (v.partition("=") for v in args.variant)}
+    cli_variants = {name: Path(path).resolve() for name, _, path in (v.partition("=") for v in args.cli_variant)}
     servers = make_servers(args.servers.split(","), args.modeldrop_dir.resolve(), tuple(args.modeldrop_arg), variants)
     workloads = args.workloads.split(",")
     started = time.monotonic()
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 for server in (s for s in order if s.kind != "stack"):  # references for one upload's speed only
                     record("concurrent", server.name, measure_concurrent(server, small, args.concurrent, 4))
             run_paths(rep, [s for s in order if s.kind == "modeldrop" and s.fsync], workloads, skipped, sshd,
-                      source, record)
+                      source, record, cli_variants)
             if ref is not None and "one" in workloads:
                 for server in servers:
                     if server.kind == "modeldrop" and server.fsync:
@@ -253,14 +257,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_paths(rep: int, durable: list[Server], workloads: list[str], skipped: dict[str, str],
-              sshd: paths.Sshd | None, source: dict[str, Any], record: Any) -> None:
+              sshd: paths.Sshd | None, source: dict[str, Any], record: Any, cli_variants: dict[str, Path]) -> None:
     """The paths people take, to modeldrop with fsync on (installed means verified and durable): the CLI
-    and the sendfile client in alternating order, rsync over SSH, the web page."""
+    (and its variants) and the sendfile client in an order rotated per repetition, rsync over SSH, the page."""
     if "cli" in workloads:
         for server in durable:
-            clients = (paths.SENDFILE_CLIENT, paths.CLI) if rep % 2 == 0 else (paths.CLI, paths.SENDFILE_CLIENT)
-            for client in clients:
-                record("paths", f"{client} → {server.name}", paths.measure_client(server, source, client))
+            clients: list[tuple[str, str, Path | None]] = [(paths.SENDFILE_CLIENT, paths.SENDFILE_CLIENT, None),
+                                                           (paths.CLI, paths.CLI, None)]
+            clients += [(f"{paths.CLI}@{name}", paths.CLI, code) for name, code in cli_variants.items()]
+            for label, client, code in clients[rep % len(clients):] + clients[:rep % len(clients)]:
+                record("paths", f"{label} → {server.name}", paths.measure_client(server, source, client, code))
     if "rsync" in workloads and sshd is not None:
         record("paths", paths.RSYNC, paths.measure_rsync(sshd, source))
     if "browser" in workloads and "browser" not in skipped:
