@@ -20,8 +20,11 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-LOCK_TTL_MS = 15_000  # a crashed holder's Redis lock frees itself after this long
-RENEW_EVERY = 5.0
+# A killed holder cannot release its Redis lock: its TTL is how long the upload stays blocked for everyone
+# else (a client resuming through another server behind a load balancer waited 13.6 s with 15 s). The
+# holder renews every second, so it keeps the lock through a stall of up to 4 s.
+LOCK_TTL_MS = 5_000
+RENEW_EVERY = 1.0
 STOP_POLL = 0.2
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 

@@ -250,3 +250,85 @@ class WorkerProcess(Process):
             argv.append("--burst")
         self._spawn(argv)
         return self
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next((path for path in ("/usr/sbin/nginx",) if os.access(path, os.X_OK)), None)
+
+
+class NginxProcess(Process):
+    """Debian's nginx in front of modeldrop servers, set up as README's "Behind a reverse proxy" says:
+    no body size limit, no request buffering, timeouts of minutes; `proxy_next_upstream` skips a dead
+    upstream. `forwarded=False` leaves out the headers that tell the servers the public host and scheme."""
+
+    name = "nginx"
+
+    def __init__(self, directory: Path, upstreams: list[int], port: int | None = None, forwarded: bool = True) -> None:
+        super().__init__(Path(directory) / "nginx.log")
+        self.directory = Path(directory)
+        self.upstreams = upstreams
+        self.port = port or free_port()
+        self.forwarded = forwarded
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        d = self.directory
+        servers = "\n".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;" for port in self.upstreams)
+        forwarded = ("            proxy_set_header Host $http_host;\n"
+                     "            proxy_set_header X-Forwarded-Host $http_host;\n"
+                     "            proxy_set_header X-Forwarded-Proto $scheme;\n"
+                     "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n") if self.forwarded else ""
+        return f"""daemon off;
+user root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 512; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream modeldrop {{
+{servers}
+    }}
+    server {{
+        listen 127.0.0.1:{self.port};
+        client_max_body_size 0;
+        proxy_request_buffering off;
+        proxy_read_timeout 300s;
+        proxy_send_timeout 300s;
+        location / {{
+            proxy_pass http://modeldrop;
+            proxy_http_version 1.1;
+{forwarded}            proxy_connect_timeout 2s;
+            proxy_next_upstream error timeout http_502;
+        }}
+    }}
+}}
+"""
+
+    def start(self, timeout: float = 10) -> NginxProcess:
+        binary = nginx_binary()
+        if binary is None:
+            raise RuntimeError("nginx is not installed: run scripts/setup.sh test (it installs it as root)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "nginx.conf").write_text(self.config())
+        self._spawn([binary, "-p", str(self.directory), "-c", str(self.directory / "nginx.conf"),
+                     "-e", str(self.directory / "error.log")])
+        wait_for(self._listening, timeout, f"nginx on port {self.port}\n{self.log()[-2000:]}")
+        return self
+
+    def _listening(self) -> bool:
+        if not self.alive():
+            raise RuntimeError(f"nginx exited:\n{self.log()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
