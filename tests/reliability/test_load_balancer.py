@@ -231,3 +231,25 @@ def test_soak_server_killed_behind_nginx(start_server: Callable[..., ServerProce
                                          tmp_path: Path, figures: Callable[..., Figures]) -> None:
     run_load_balancer(start_server, redis_server, start_worker, processes, tmp_path,
                       figures("nginx + two servers soak"), node=3, cli=3, mib=256, rate_mib=2, kills=16)
+
+
+@pytest.mark.parametrize("forwarded", [False, True])
+def test_nginx_must_pass_the_public_host(start_server: Callable[..., ServerProcess], processes: list[Process],
+                                         tmp_path: Path, forwarded: bool) -> None:
+    """README's nginx lines: without `proxy_set_header Host $http_host` nginx sends the upstream's name as the
+    host, which the server refuses (421); with it, Location points back through nginx."""
+    import httpx
+
+    if nginx_binary() is None:
+        pytest.skip("nginx is not installed (scripts/setup.sh test installs it)")
+    server = start_server(trust_proxy=True)
+    nginx = NginxProcess(tmp_path / "nginx", [server.port], forwarded=forwarded)
+    processes.append(nginx)
+    nginx.start()
+    reply = httpx.post(f"{nginx.url}/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "10",
+                                                       "Upload-Metadata": "filename eC5nZ3Vm"})
+    if forwarded:
+        assert reply.status_code == 201, reply.text
+        assert reply.headers["location"].startswith(f"{nginx.url}/files/")
+    else:
+        assert reply.status_code == 421, reply.text
