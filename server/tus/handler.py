@@ -206,11 +206,16 @@ class TusHandler:
             if length == 0:
                 raise errors.NotGGUF("an empty file is not a GGUF model")
             await asyncio.to_thread(self.store.claim_parts, info.id, parts)
-        try:
             info = dataclasses.replace(info, length=length, parts=tuple(part_ids))
-            # admitted after the claim, so the partials this final replaces no longer take upload slots
-            info = await asyncio.to_thread(self.admission.admit, length,
-                                           functools.partial(create_final, self.store, info, parts))
+            try:
+                # admitted after the claim, so the partials this final replaces no longer take upload slots;
+                # created before their locks go, so a DELETE never finds a claim whose final is not there yet
+                info = await asyncio.to_thread(self.admission.admit, length,
+                                               functools.partial(create_final, self.store, info, parts))
+            except Exception:
+                await asyncio.to_thread(self.store.release_parts, info.id, part_ids)
+                raise
+        try:
             info = await asyncio.to_thread(fill_final, self.store, info, parts)
         except Exception:
             with contextlib.suppress(errors.HTTPError):

@@ -1,16 +1,25 @@
-"""server/tus/assemble.py on a tmp store: a final that cannot be made is not left behind."""
+"""server/tus/assemble.py on a tmp store: a final that cannot be made is not left behind; and, with the app
+called in-process so the moment can be held open, a DELETE of a partial while its final is being created."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from server import errors
+from server.admission import Admission
+from server.app import create_app
+from server.settings import Settings
 from server.store.filestore import FileStore
 from server.store.info import UploadInfo
 from server.tus import assemble
+from tests.support.tus import PATCH_TYPE, TUS_VERSION, encode_metadata, gguf_bytes
 
 
 @pytest.fixture
@@ -58,3 +67,50 @@ def test_assemble_frees_the_partials_once_the_final_holds_their_bytes(store: Fil
         with pytest.raises(errors.HTTPError) as caught:
             store.load(part.id)
         assert caught.value.status == 410 and made.id in caught.value.message
+
+
+def test_assemble_a_partial_cannot_be_deleted_between_its_claim_and_its_final(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim names a final whose record is only created after admission; a DELETE in between must not
+    take the partial (it did: 204, and the final then answered 410 or was made from an unlinked file)."""
+    asyncio.run(_delete_while_the_final_is_admitted(tmp_path, monkeypatch))
+
+
+async def _delete_while_the_final_is_admitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(data_dir=tmp_path, models_dir=tmp_path / "models", staging_dir=tmp_path / "staging",
+                        lock_timeout=5.0, disk_headroom=0, fsync=False)
+    (tmp_path / "models").mkdir()
+    admitting, proceed = threading.Event(), threading.Event()
+    admit = Admission.admit
+
+    def admit_slowly(self: Admission, length: int | None, create: Any) -> Any:
+        if length == len(model):  # the final's admission, not the partials'
+            admitting.set()
+            proceed.wait(10)
+        return admit(self, length, create)
+
+    monkeypatch.setattr(Admission, "admit", admit_slowly)
+    model = gguf_bytes()
+    tus = {"Tus-Resumable": TUS_VERSION}
+    transport = httpx.ASGITransport(app=create_app(settings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        parts = []
+        for piece in (model[:100], model[100:]):
+            created = await http.post("/files/", headers={**tus, "Upload-Concat": "partial",
+                                                          "Upload-Length": str(len(piece))})
+            assert created.status_code == 201, created.text
+            parts.append("/files/" + created.headers["Location"].rsplit("/", 1)[-1])
+            patched = await http.patch(parts[-1], content=piece, headers={
+                **tus, "Content-Type": PATCH_TYPE, "Upload-Offset": "0"})
+            assert patched.status_code == 204, patched.text
+        final = asyncio.ensure_future(http.post("/files/", headers={
+            **tus, "Upload-Concat": "final;" + " ".join(parts),
+            "Upload-Metadata": encode_metadata({"filename": "m.gguf"})}))
+        while not admitting.is_set():
+            await asyncio.sleep(0.01)
+        deleting = asyncio.ensure_future(http.delete(parts[1], headers=tus))
+        await asyncio.sleep(0.3)  # the DELETE is in, waiting or answered
+        proceed.set()
+        created, deleted = await final, await deleting
+    assert created.status_code == 201, created.text
+    assert deleted.status_code in (409, 410), deleted.text
