@@ -201,7 +201,7 @@ def run_chaos(start_server: Callable[..., ServerProcess], redis_server: RedisPro
         for client in clients:
             client.wait(timeout=120)
         problems, waits, resumes = [], [], 0
-        for model, client in zip(models, clients):
+        for model, client in zip(models, clients, strict=True):
             successes = client.of("success")
             resumes += sum(1 for event in client.of("response")
                            if event["method"] == "HEAD" and event["status"] == 200 and int(event["offset"] or 0) > 0)
@@ -232,8 +232,8 @@ def run_chaos(start_server: Callable[..., ServerProcess], redis_server: RedisPro
                             f"tus-js-client one PATCH each, {resumes} resumes at offset > 0, "
                             f"{len(orphans)} orphan(s) of killed processes")
         if waits:
-            record.notes.append(f"installed after max(last byte, last restart): median {statistics.median(waits):.1f} s,"
-                                f" max {max(waits):.1f} s")
+            record.notes.append(f"installed after max(last byte, last restart): median "
+                                f"{statistics.median(waits):.1f} s, max {max(waits):.1f} s")
         slow = [wait for wait in waits if wait > REACH_WORKER]
         if slow:
             problems.append(f"installed only {max(slow):.0f} s after the last byte and the last restart")

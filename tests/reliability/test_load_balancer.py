@@ -115,7 +115,6 @@ def run_load_balancer(start_server: Callable[..., ServerProcess], redis_server: 
     nginx.start()
     relay = Proxy(nginx, rate=rate_mib * MIB)  # type: ignore[arg-type]
     models = make_models(tmp_path / "sources", node + cli, mib, "lb")
-    by_name = {model.name: model for model in models}
     node_uploads = [NodeUpload(model, f"{relay.url}/files/", retry_delays=RETRY_DELAYS,
                                chunk_size=8 * MIB if index % 2 else None)
                     for index, model in enumerate(models[:node])]
@@ -159,7 +158,7 @@ def run_load_balancer(start_server: Callable[..., ServerProcess], redis_server: 
         assert record.faults >= max(2, kills * 2 // 3), \
             "the uploads ended before most kills: slow them down\n" + "\n".join(problems)
 
-        for model, upload in zip(models[:node], node_uploads):
+        for model, upload in zip(models[:node], node_uploads, strict=True):
             upload.wait(timeout=300)
             successes = upload.of("success")
             if not successes:
@@ -168,7 +167,7 @@ def run_load_balancer(start_server: Callable[..., ServerProcess], redis_server: 
                 continue
             status = wait_terminal(servers[0].url, successes[-1]["url"], timeout=60)
             _check(record, problems, model, status, servers[0])
-        for model, upload in zip(models[node:], cli_uploads):
+        for model, upload in zip(models[node:], cli_uploads, strict=True):
             output = upload.wait(timeout=300)
             if not output.startswith("installed"):
                 record.lost += 1

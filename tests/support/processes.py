@@ -280,7 +280,8 @@ class NginxProcess(Process):
         forwarded = ("            proxy_set_header Host $http_host;\n"
                      "            proxy_set_header X-Forwarded-Host $http_host;\n"
                      "            proxy_set_header X-Forwarded-Proto $scheme;\n"
-                     "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n") if self.forwarded else ""
+                     "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+                     ) if self.forwarded else ""
         return f"""daemon off;
 user root;
 worker_processes 1;
