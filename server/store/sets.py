@@ -17,7 +17,7 @@ from pathlib import Path
 
 from server import errors, gguf
 from server.locks import LockSpace
-from server.store.filestore import FileStore, remove_entry
+from server.store.filestore import FileStore, PlantedLink, read_nofollow, remove_entry
 from server.store.info import TERMINAL_STATES
 
 MEMBERS_SUFFIX = ".members.json"
@@ -29,8 +29,8 @@ def members_path(sets_dir: Path, prefix: str) -> Path:
 
 def read_members(sets_dir: Path, prefix: str) -> dict[str, str]:
     try:
-        return {str(k): str(v) for k, v in json.loads(members_path(sets_dir, prefix).read_bytes()).items()}
-    except (FileNotFoundError, ValueError):
+        return {str(k): str(v) for k, v in json.loads(read_nofollow(members_path(sets_dir, prefix))).items()}
+    except (FileNotFoundError, PlantedLink, ValueError):
         return {}
 
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 
 from server import errors, gguf
-from server.store.filestore import FileStore
+from server.store.filestore import FileStore, PlantedLink, open_regular
 from server.store.info import UploadInfo
 
 _COPY_BLOCK = 1 << 30
@@ -25,7 +25,7 @@ def first_bytes(store: FileStore, parts: Sequence[UploadInfo], count: int) -> by
     for part in parts:
         if len(collected) >= count:
             break
-        with open(store.paths(part.id).data, "rb") as source:
+        with os.fdopen(open_regular(store.paths(part.id).data, os.O_RDONLY), "rb") as source:
             collected += source.read(count - len(collected))
     return collected
 
@@ -41,6 +41,8 @@ def create_final(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo
             raise errors.NotGGUF("the concatenated upload does not start with the GGUF magic: it is not a GGUF model")
     except FileNotFoundError:
         raise _part_gone(store, parts) from None
+    except PlantedLink as exc:
+        raise errors.Forbidden(exc.strerror) from None
     return store.create(final)
 
 
@@ -61,11 +63,13 @@ def fill_final(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo])
 
 def copy_parts(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo]) -> None:
     """(Re)builds the final's data file from scratch; also used to resume after a crash mid-assembly."""
-    target = store.paths(final.id).data
-    fd_out = os.open(target, os.O_WRONLY | os.O_TRUNC)
+    try:
+        fd_out = open_regular(store.paths(final.id).data, os.O_WRONLY | os.O_TRUNC)
+    except PlantedLink as exc:
+        raise errors.Forbidden(exc.strerror) from None
     try:
         for part in parts:
-            with open(store.paths(part.id).data, "rb") as source:
+            with os.fdopen(open_regular(store.paths(part.id).data, os.O_RDONLY), "rb") as source:
                 remaining = os.fstat(source.fileno()).st_size
                 if remaining != part.length:
                     raise errors.Gone(f"partial upload {part.id} holds {remaining} bytes, not its {part.length}; "
@@ -80,6 +84,8 @@ def copy_parts(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo])
             os.fsync(fd_out)
     except FileNotFoundError:
         raise _part_gone(store, parts) from None
+    except PlantedLink as exc:
+        raise errors.Forbidden(exc.strerror) from None
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise errors.InsufficientStorage("the disk filled up while the concatenation was assembled; free "

@@ -114,3 +114,35 @@ async def _delete_while_the_final_is_admitted(tmp_path: Path, monkeypatch: pytes
         created, deleted = await final, await deleting
     assert created.status_code == 201, created.text
     assert deleted.status_code in (409, 410), deleted.text
+
+
+def test_assemble_does_not_write_through_a_final_data_file_planted_as_a_link(store: FileStore,
+                                                                             tmp_path: Path) -> None:
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"precious")
+    part = complete_partial(store, b"GGUF" + bytes(100))
+    final = assemble.create_final(store, UploadInfo(id=store.new_id(), length=104, filename="m.gguf",
+                                                    created_at=time.time(), concat="final", parts=(part.id,)),
+                                  [part])
+    data = store.paths(final.id).data
+    data.unlink()
+    data.symlink_to(outside)
+    with pytest.raises(errors.HTTPError) as caught:
+        assemble.fill_final(store, final, [part])
+    assert caught.value.status < 500 and "link" in caught.value.message
+    assert outside.read_bytes() == b"precious"
+
+
+def test_assemble_does_not_read_a_partial_through_a_planted_link(store: FileStore, tmp_path: Path) -> None:
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"GGUF" + b"secret" * 10)
+    part = complete_partial(store, b"GGUF" + b"x" * 60)
+    data = store.paths(part.id).data
+    data.unlink()
+    data.symlink_to(outside)
+    final = UploadInfo(id=store.new_id(), length=64, filename="m.gguf", created_at=time.time(), concat="final",
+                       parts=(part.id,))
+    with pytest.raises(errors.HTTPError) as caught:
+        assemble.fill_final(store, assemble.create_final(store, final, [part]), [part])
+    assert caught.value.status < 500 and "link" in caught.value.message
+    assert not store.paths(final.id).data.exists() or b"secret" not in store.paths(final.id).data.read_bytes()
