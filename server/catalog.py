@@ -26,7 +26,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from server import errors, gguf
-from server.store.filestore import fsync_directory, remove_entry, write_atomic
+from server.store.filestore import (
+    fsync_directory,
+    make_directories,
+    remove_entry,
+    write_atomic,
+)
 
 _HASH_BLOCK = 8 * 1024 * 1024
 
@@ -122,7 +127,7 @@ class Catalog:
             return {}
 
     def write_record(self, name: str, **fields: Any) -> None:
-        self.records_dir.mkdir(parents=True, exist_ok=True)
+        make_directories(self.records_dir)
         record = self.read_record(name)
         record.update(fields)
         write_atomic(self._record_path(name), json.dumps(record, sort_keys=True).encode(), durable=False)

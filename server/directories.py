@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 from server.settings import Settings, SettingsError
+from server.store.filestore import make_directories
 
 
 def check_directories(settings: Settings) -> None:
@@ -18,7 +19,7 @@ def check_directories(settings: Settings) -> None:
     models, staging = Path(settings.models_dir), Path(settings.staging_dir)
     for directory in (models, staging):
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            make_directories(directory)  # durable: a power cut must not take the folders away
         except OSError as exc:
             raise SettingsError(f"cannot create {directory}: {exc.strerror}") from None
         if not os.access(directory, os.W_OK):

@@ -116,9 +116,20 @@ def read_nofollow(path: Path | str) -> bytes:
         os.close(fd)
 
 
+def make_directories(path: Path) -> None:
+    """mkdir -p whose new folders survive a power cut: the parent of each folder it created is fsynced."""
+    missing, probe = [], path
+    while not os.path.lexists(probe):
+        missing.append(probe)
+        probe = probe.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        fsync_directory(created.parent)
+
+
 def real_directory(path: Path) -> Path:
     """Creates path if needed and checks it is a directory itself, not a link to one planted in its place."""
-    path.mkdir(parents=True, exist_ok=True)
+    make_directories(path)
     if not stat_module.S_ISDIR(os.lstat(path).st_mode):
         raise PlantedLink(path, "a symbolic link to a folder")
     return path
