@@ -18,11 +18,11 @@ from typing import Any
 
 import uvicorn
 
+from server.bounded_head import HeadLimits
 from server.directories import check_directories
 from server.libc import keep_freed_heap
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, add_arguments as add_setting_arguments
-from server.bounded_head import HeadLimits
 from server.socket_body import SocketBodyProtocol
 
 log = logging.getLogger("modeldrop.main")

@@ -116,12 +116,11 @@ def refusal(policy: BrowserPolicy, method: str, path: str, scheme: str,
         return None
     scheme, host = request_origin(policy, scheme, headers)
     parsed = split_host(host) if host else None
-    if not policy.any_host:
-        if parsed is None or not host_allowed(policy, parsed[0]):
-            shown = (host or "")[:100]
-            return errors.MisdirectedHost(
-                f"this server does not answer to the host name {shown!r}; if that is its name, add it to "
-                "--allowed-hosts (MODELDROP_ALLOWED_HOSTS), or set a token")
+    if not policy.any_host and (parsed is None or not host_allowed(policy, parsed[0])):
+        shown = (host or "")[:100]
+        return errors.MisdirectedHost(
+            f"this server does not answer to the host name {shown!r}; if that is its name, add it to "
+            "--allowed-hosts (MODELDROP_ALLOWED_HOSTS), or set a token")
     if policy.any_origin:
         return None
     origin = headers.get("origin")
