@@ -264,4 +264,4 @@ def test_soak_server_and_worker_killed_at_random_while_uploading(
         start_worker: Callable[..., WorkerProcess], tmp_path: Path, figures: Callable[..., Figures]) -> None:
     run_chaos(start_server, redis_server, start_worker, tmp_path,
               figures("server/worker kill -9 at random, Redis mode soak (finding 15's sizes)"),
-              uploads=4, mib=384, kills=12, seed=1515, rate_mib=40)
+              uploads=4, mib=384, kills=12, seed=1515, rate_mib=16)

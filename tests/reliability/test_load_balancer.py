@@ -229,7 +229,7 @@ def test_soak_server_killed_behind_nginx(start_server: Callable[..., ServerProce
                                          start_worker: Callable[..., WorkerProcess], processes: list[Process],
                                          tmp_path: Path, figures: Callable[..., Figures]) -> None:
     run_load_balancer(start_server, redis_server, start_worker, processes, tmp_path,
-                      figures("nginx + two servers soak"), node=3, cli=3, mib=256, rate_mib=2, kills=16)
+                      figures("nginx + two servers soak"), node=3, cli=3, mib=384, rate_mib=2, kills=16)
 
 
 @pytest.mark.parametrize("forwarded", [False, True])
