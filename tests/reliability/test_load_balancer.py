@@ -220,7 +220,7 @@ def test_server_killed_behind_nginx(start_server: Callable[..., ServerProcess], 
                                     tmp_path: Path, figures: Callable[..., Figures]) -> None:
     run_load_balancer(start_server, redis_server, start_worker, processes, tmp_path,
                       figures("nginx + two servers sharing staging/Redis, one killed mid-upload"),
-                      node=2, cli=2, mib=64, rate_mib=1.5, kills=4)
+                      node=2, cli=2, mib=64, rate_mib=1.25, kills=4)
 
 
 @pytest.mark.soak
