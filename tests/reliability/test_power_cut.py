@@ -10,13 +10,16 @@ real clients again and again.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import http.client
 import json
 import os
 import random
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,7 @@ from tests.support.powercut import (
     fuse_available,
     renameat2,
 )
-from tests.support.processes import ServerProcess
+from tests.support.processes import RedisProcess, ServerProcess, WorkerProcess
 
 pytestmark = pytest.mark.skipif(fuse_available() is not None, reason=f"no FUSE: {fuse_available()}")
 
@@ -207,15 +210,20 @@ class ClientUpload:
 class PowerCutRun:
     """Clients uploading through a server on the FUSE mount; cuts; the checks after each cut."""
 
-    def __init__(self, mount: PowerCut, tmp_path: Path, record: Figures, sources: list[Path]) -> None:
+    def __init__(self, mount: PowerCut, tmp_path: Path, record: Figures, sources: list[Path],
+                 with_redis: bool = False) -> None:
         self.mount = mount
         self.record = record
         self.sources = {path.name: (path, file_sha256(path)) for path in sources}
         data = mount.mountpoint / "data"
         data.mkdir()
         fsync_dir(mount.mountpoint)
+        # with Redis: its data dir is off the mount, without persistence, so a cut also loses the queue
+        self.redis = RedisProcess(tmp_path / "redis") if with_redis else None
+        self.worker = WorkerProcess(data, self.redis.url, tmp_path / "worker.log") if self.redis else None
         self.server = ServerProcess(data, tmp_path / "server.log", sync_interval="1MiB", idle_timeout=5,
-                                    lock_timeout=3, stale_after=5, maintenance_interval=2)
+                                    lock_timeout=3, stale_after=5, maintenance_interval=2,
+                                    redis_url=self.redis.url if self.redis else None)
         self.queue = list(sources)
         self.uploads: list[ClientUpload] = []
         self.installed_reported: dict[str, str] = {}  # upload id -> model name, once GET said installed
@@ -256,6 +264,14 @@ class PowerCutRun:
             self.uploads.append(upload)
             assert upload.trace is not None
             tuspy_slow_upload(endpoint, source, upload.trace, chunk_size=chunk_size, delay=0.1, deadline=self.deadline)
+            upload.finished = True
+
+    def trickle_slot(self, chunk_size: int) -> None:
+        while (source := self.next_source()) is not None:
+            upload = ClientUpload(source, trace=Trace(source.name))
+            self.uploads.append(upload)
+            assert upload.trace is not None
+            trickle_upload(self.server.port, source, upload.trace, chunk_size=chunk_size, deadline=self.deadline)
             upload.finished = True
 
     def poll_statuses(self) -> None:
@@ -326,27 +342,48 @@ class PowerCutRun:
             self.problems.append(f"{when}: upload {uid} ({upload.source.name}) has data but no info record")
             self.record.lost += 1
 
+    def start_processes(self) -> None:
+        if self.redis is not None and self.worker is not None:
+            self.redis.start()
+            self.worker.start()
+        self.server.start()
+
+    def kill_processes(self) -> None:
+        """SIGKILL of every process using the mount (and of Redis, whose unsaved queue the cut loses)."""
+        self.server.kill()
+        if self.redis is not None and self.worker is not None:
+            self.worker.kill()
+            self.redis.kill()
+
+    def stop_processes(self) -> None:
+        self.server.stop(timeout=5)
+        if self.redis is not None and self.worker is not None:
+            self.worker.stop(timeout=5)
+            self.redis.stop(timeout=5)
+
     # -- the run --------------------------------------------------------------------------------------
 
     def run(self, cuts: int, seed: int) -> None:
         rng = random.Random(seed)
-        self.server.start()
+        self.start_processes()
         threads = [threading.Thread(target=self.node_slot, args=(1024 * 1024,), daemon=True),  # spliced bodies
                    threading.Thread(target=self.node_slot, args=(384 * 1024,), daemon=True),
                    threading.Thread(target=self.tuspy_slot, args=(256 * 1024,), daemon=True),
-                   threading.Thread(target=self.tuspy_slot, args=(128 * 1024,), daemon=True)]
+                   threading.Thread(target=self.tuspy_slot, args=(128 * 1024,), daemon=True),
+                   # bodies of 2 MiB sent slowly, so that most cuts land mid-body, with unsynced bytes written
+                   threading.Thread(target=self.trickle_slot, args=(2 * 1024 * 1024,), daemon=True)]
         poller = threading.Thread(target=self.poll_statuses, daemon=True)
         for thread in [*threads, poller]:
             thread.start()
         try:
             while self.record.faults < cuts and any(thread.is_alive() for thread in threads):
                 time.sleep(rng.uniform(0.3, 2.5))
-                self.server.kill()  # every process using the mount, SIGKILL
+                self.kill_processes()
                 report = self.mount.cut()
                 self.record.faults += 1
                 self.reverted = getattr(self, "reverted", 0) + report["reverted_bytes"]
                 self.check(f"after cut {self.record.faults}")
-                self.server.start()
+                self.start_processes()
             self.stop.set()  # no new uploads; the ones running finish
             for thread in threads:
                 thread.join(max(1.0, self.deadline - time.monotonic()))
@@ -375,7 +412,62 @@ class PowerCutRun:
                 self.record.completed += 1
             elif not status.get("reason"):
                 self.problems.append(f"{upload.source.name}: failed without a reason")
+            if upload.trace is not None:  # every resume found at least the offset last promised
+                self.problems += upload.trace.check_resumes()
         self.check("at the end")
+
+
+def trickle_upload(port: int, source: Path, trace: Trace, *, chunk_size: int, deadline: float,
+                   piece: int = 64 * 1024, pause: float = 0.015) -> None:
+    """A tus client on http.client that sends each PATCH body slowly (piece by piece); HEAD after any error.
+
+    Records, like tuspy_slow_upload, every offset a 204 or a HEAD told it.
+    """
+    tus = {"Tus-Resumable": "1.0.0"}
+    data = source.read_bytes()
+    while time.monotonic() < deadline:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        try:
+            if trace.url is None:
+                name = base64.b64encode(source.name.encode()).decode()
+                connection.request("POST", "/files/", headers={**tus, "Upload-Length": str(len(data)),
+                                                               "Upload-Metadata": f"filename {name}"})
+                response = connection.getresponse()
+                response.read()
+                if response.status != 201:
+                    raise OSError(f"POST answered {response.status}")
+                trace.url = response.getheader("Location")
+            path = str(urllib.parse.urlsplit(trace.url).path)
+            connection.request("HEAD", path, headers=tus)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise OSError(f"HEAD answered {response.status}")
+            offset = int(response.getheader("Upload-Offset") or 0)
+            trace.events.append(("resumed", offset))
+            if offset >= len(data):
+                trace.done = True
+                return
+            body = memoryview(data)[offset:offset + chunk_size]
+            connection.putrequest("PATCH", path)
+            for header, value in {**tus, "Upload-Offset": str(offset), "Content-Length": str(len(body)),
+                                  "Content-Type": "application/offset+octet-stream"}.items():
+                connection.putheader(header, value)
+            connection.endheaders()
+            for start in range(0, len(body), piece):
+                connection.send(body[start:start + piece])
+                time.sleep(pause)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 204:
+                raise OSError(f"PATCH answered {response.status}")
+            trace.events.append(("accepted", int(response.getheader("Upload-Offset") or 0)))
+        except (OSError, http.client.HTTPException) as exc:
+            trace.error = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.3 + random.random() * 0.3)
+        finally:
+            connection.close()
+    trace.error = f"did not finish in time (last error: {trace.error})"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -386,21 +478,21 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def run_power_cuts(tmp_path: Path, figures: Callable[..., Figures], name: str, *, cuts: int, count: int,
-                   mib: float, seed: int) -> None:
+                   mib: float, seed: int, with_redis: bool = False) -> None:
     record = figures(name, fault_kind="cuts")
     sources = make_models(tmp_path / "sources", count // 2, mib, "cut") + \
         make_models(tmp_path / "sources", count - count // 2, mib * 0.6, "short")
     mount = PowerCut(tmp_path / "backing", tmp_path / "mnt", tmp_path / "powercut.log").start()
-    run = PowerCutRun(mount, tmp_path, record, sources)
+    run = PowerCutRun(mount, tmp_path, record, sources, with_redis)
     try:
         run.run(cuts, seed)
         run.finish()
     finally:
-        run.server.stop(timeout=5)
+        run.stop_processes()
         mount.shutdown()
     told = sum(len(upload.told()) for upload in run.uploads)
     syncs = {key: sum(report[key] for report in mount.reports) for key in ("fdatasyncs", "fsyncs", "fsyncdirs")}
-    record.notes.append(f"{len(run.uploads)} uploads (tus-js-client, tuspy), {told} offsets told, "
+    record.notes.append(f"{len(run.uploads)} uploads (tus-js-client, tuspy, a slow raw client), {told} offsets told, "
                         f"{run.offsets_checked} offset checks on disk after cuts, {len(run.installed_reported)} "
                         f"reported installed, {getattr(run, 'reverted', 0)} unsynced bytes dropped by cuts, "
                         f"syncs seen {syncs}")
@@ -409,7 +501,12 @@ def run_power_cuts(tmp_path: Path, figures: Callable[..., Figures], name: str, *
 
 
 def test_power_cut_20_times_while_4_clients_upload(tmp_path: Path, figures: Callable[..., Figures]) -> None:
-    run_power_cuts(tmp_path, figures, "power cut (FUSE, unsynced state dropped)", cuts=20, count=24, mib=4, seed=7)
+    run_power_cuts(tmp_path, figures, "power cut (FUSE, unsynced state dropped)", cuts=20, count=44, mib=6, seed=7)
+
+
+def test_power_cut_20_times_with_rq_worker_and_redis(tmp_path: Path, figures: Callable[..., Figures]) -> None:
+    run_power_cuts(tmp_path, figures, "power cut with RQ worker, Redis losing its queue at each cut", cuts=20,
+                   count=44, mib=6, seed=8, with_redis=True)
 
 
 @pytest.mark.soak
