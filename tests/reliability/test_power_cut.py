@@ -37,6 +37,7 @@ from tests.reliability.support import (
     tuspy_slow_upload,
     upload_id,
     wait_terminal,
+    watcher_problems,
 )
 from tests.reliability.test_server_kills import RETRY_DELAYS
 from tests.support.powercut import (
@@ -47,6 +48,7 @@ from tests.support.powercut import (
     renameat2,
 )
 from tests.support.processes import RedisProcess, ServerProcess, WorkerProcess
+from tests.worker.uploads import ModelsWatcher
 
 pytestmark = pytest.mark.skipif(fuse_available() is not None, reason=f"no FUSE: {fuse_available()}")
 
@@ -366,6 +368,8 @@ class PowerCutRun:
     def run(self, cuts: int, seed: int) -> None:
         rng = random.Random(seed)
         self.start_processes()
+        # what a reader of models/ sees while it all runs (through the mount, so also right after each remount)
+        self.watcher = ModelsWatcher(self.mount.mountpoint / "data" / "models", interval=0.02).__enter__()
         threads = [threading.Thread(target=self.node_slot, args=(1024 * 1024,), daemon=True),  # spliced bodies
                    threading.Thread(target=self.node_slot, args=(384 * 1024,), daemon=True),
                    threading.Thread(target=self.tuspy_slot, args=(256 * 1024,), daemon=True),
@@ -388,6 +392,7 @@ class PowerCutRun:
             for thread in threads:
                 thread.join(max(1.0, self.deadline - time.monotonic()))
         finally:
+            self.watcher.__exit__(None, None, None)
             self.stop.set()
             for upload in self.uploads:
                 if upload.node is not None:
@@ -415,6 +420,9 @@ class PowerCutRun:
             if upload.trace is not None:  # every resume found at least the offset last promised
                 self.problems += upload.trace.check_resumes()
         self.check("at the end")
+        found = watcher_problems(self.watcher, [source for source, _ in self.sources.values()])
+        self.record.corrupt += len(found)
+        self.problems += found
 
 
 def trickle_upload(port: int, source: Path, trace: Trace, *, chunk_size: int, deadline: float,
