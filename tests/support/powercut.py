@@ -24,9 +24,14 @@ clean unmount (everything stays). The kernel's page cache of the mount goes with
 Mount options: no writeback cache (libfuse3 does not ask for it unless told), so every write(2), and a
 splice(2) into a file, reaches the daemon before it returns; not direct_io, so MAP_SHARED mappings of the
 files work (the server hashes spliced pages through one); attribute and entry timeouts 0. flock and POSIX
-locks are left to the kernel (local to this host). Not modelled: metadata-only changes (chmod, chown,
-utimens) are kept whatever happens; fallocate is not offered (EOPNOTSUPP); symlinks and hard links
-are passed through without undo.
+locks are left to the kernel (local to this host); splice(2) from a socket into a file works (the kernel
+turns it into FUSE writes).
+
+Limits: a cut drops ALL unsynced changes, it never keeps some and loses others, tears a write or reorders
+writes (LazyFS's default; a real disk may keep any subset). A file's fsync does not make its name durable
+(stricter than ext4, which commits the name with it). Metadata-only changes (chmod, chown, utimens) are
+kept whatever happens. fallocate is not offered (EOPNOTSUPP). Cuts happen between FUSE requests, once
+every process using the mount was killed. Python behind ctypes: tens of MB/s, fine for test files.
 """
 
 from __future__ import annotations
