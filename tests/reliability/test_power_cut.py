@@ -520,7 +520,7 @@ def test_power_cut_20_times_with_rq_worker_and_redis(tmp_path: Path, figures: Ca
 @pytest.mark.soak
 @pytest.mark.timeout(1800)
 def test_soak_power_cut_60_times(tmp_path: Path, figures: Callable[..., Figures]) -> None:
-    run_power_cuts(tmp_path, figures, "power cut soak", cuts=60, count=60, mib=12, seed=11)
+    run_power_cuts(tmp_path, figures, "power cut soak", cuts=60, count=90, mib=12, seed=11)
 
 
 def test_an_upload_created_on_a_fresh_data_dir_survives_a_power_cut(powercut: PowerCut, tmp_path: Path) -> None:
