@@ -19,6 +19,7 @@ from server.settings import Settings
 from server.store.filestore import FileStore
 from server.store.info import UploadInfo
 from server.tus import assemble
+from tests.support.loop import run_scenario
 from tests.support.tus import PATCH_TYPE, TUS_VERSION, encode_metadata, gguf_bytes
 
 
@@ -73,7 +74,7 @@ def test_assemble_a_partial_cannot_be_deleted_between_its_claim_and_its_final(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The claim names a final whose record is only created after admission; a DELETE in between must not
     take the partial (it did: 204, and the final then answered 410 or was made from an unlinked file)."""
-    asyncio.run(_delete_while_the_final_is_admitted(tmp_path, monkeypatch))
+    run_scenario(lambda: _delete_while_the_final_is_admitted(tmp_path, monkeypatch))
 
 
 async def _delete_while_the_final_is_admitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

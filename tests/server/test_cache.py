@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import pytest
 from server.store.cache import UploadCache
 from server.store.filestore import FileStore
 from server.store.info import UploadInfo
+from tests.support.loop import run_scenario
 
 
 @pytest.fixture
@@ -32,24 +31,6 @@ def new_upload(store: FileStore) -> UploadInfo:
 def remember(cache: UploadCache, store: FileStore, upload_id: str) -> None:
     """A fresh read of the record, kept: the way HEAD fills the cache."""
     cache.put(store.load(upload_id), cache.token())
-
-
-def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """asyncio.run in a thread of its own: the browser tests' Playwright keeps a loop in the main thread."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(scenario())
-        except BaseException as exc:  # re-raised in the test's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join(60)
-    if errors:
-        raise errors[0]
-    assert not thread.is_alive(), "the scenario did not finish"
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -77,7 +58,7 @@ def test_cache_keeps_a_record_until_another_process_writes_the_upload(store: Fil
         assert cache.get(info.id).offset == 4  # type: ignore[union-attr]
         cache.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_cache_drops_on_record_changes_and_removal(store: FileStore) -> None:
@@ -92,7 +73,7 @@ def test_cache_drops_on_record_changes_and_removal(store: FileStore) -> None:
         await until(lambda: cache.get(info.id) is None)
         cache.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_cache_refuses_a_read_that_a_reported_change_may_postdate(store: FileStore) -> None:
@@ -109,7 +90,7 @@ def test_cache_refuses_a_read_that_a_reported_change_may_postdate(store: FileSto
         assert cache.get(info.id).offset == 4  # type: ignore[union-attr]
         cache.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_cache_disabled_keeps_nothing(store: FileStore) -> None:
@@ -119,7 +100,7 @@ def test_cache_disabled_keeps_nothing(store: FileStore) -> None:
         remember(cache, store, info.id)
         assert cache.get(info.id) is None
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_cache_turns_itself_off_when_the_directory_goes(store: FileStore, tmp_path: Path) -> None:
@@ -132,4 +113,4 @@ def test_cache_turns_itself_off_when_the_directory_goes(store: FileStore, tmp_pa
         assert cache.get(info.id) is None
         assert cache.token() == -1
 
-    run(scenario)
+    run_scenario(scenario)

@@ -20,6 +20,7 @@ import pytest
 from server.app import create_app
 from server.settings import Settings
 from server.tus.handler import TusHandler
+from tests.support.loop import run_scenario
 from tests.support.tus import encode_metadata, gguf_bytes
 
 LOCK_TIMEOUT = 3.0
@@ -58,7 +59,7 @@ async def _call(app: Any, method: str, path: str, headers: dict[str, str], body:
 
 
 def test_release_request_between_lock_and_body_is_not_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    asyncio.run(_release_request_between_lock_and_body(tmp_path, monkeypatch))
+    run_scenario(lambda: _release_request_between_lock_and_body(tmp_path, monkeypatch))
 
 
 async def _release_request_between_lock_and_body(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
