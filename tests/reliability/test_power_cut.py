@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from server.store.filestore import fsync_directory
 from tests.reliability.conftest import Figures
 from tests.reliability.support import (
     SlowNodeUpload,
@@ -62,14 +63,6 @@ def powercut(tmp_path: Path) -> Iterator[PowerCut]:
         mount.shutdown()
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_file(path: Path, data: bytes, sync: str | None = "fsync") -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
@@ -88,7 +81,7 @@ def write_file(path: Path, data: bytes, sync: str | None = "fsync") -> None:
 def test_tool_unsynced_append_is_lost_synced_data_kept(powercut: PowerCut) -> None:
     mnt = powercut.mountpoint
     write_file(mnt / "a", b"synced-", sync="fdatasync")
-    fsync_dir(mnt)
+    fsync_directory(mnt)
     write_file(mnt / "a", b"not synced", sync=None)
     assert (powercut.root / "a").read_bytes() == b"synced-not synced", "writes must go through at once"
     report = powercut.cut()
@@ -99,7 +92,7 @@ def test_tool_unsynced_append_is_lost_synced_data_kept(powercut: PowerCut) -> No
 def test_tool_overwrite_and_truncate_of_synced_bytes_are_undone(powercut: PowerCut) -> None:
     mnt = powercut.mountpoint
     write_file(mnt / "a", b"0123456789")
-    fsync_dir(mnt)
+    fsync_directory(mnt)
     fd = os.open(mnt / "a", os.O_RDWR)
     os.pwrite(fd, b"abc", 2)
     os.ftruncate(fd, 4)
@@ -116,7 +109,7 @@ def test_tool_create_without_directory_fsync_is_lost_even_when_the_file_was_sync
     write_file(mnt / "lost", b"data", sync="fsync")
     write_file(mnt / "kept", b"data", sync="fsync")
     write_file(mnt / "empty", b"data", sync=None)
-    fsync_dir(mnt)
+    fsync_directory(mnt)
     os.unlink(mnt / "lost")  # ...and a later unlink, itself not synced, is undone
     write_file(mnt / "lost2", b"data", sync="fsync")
     powercut.cut()
@@ -129,12 +122,12 @@ def test_tool_rename_is_durable_only_once_its_directories_are_synced(powercut: P
     mnt = powercut.mountpoint
     (mnt / "staging").mkdir()
     (mnt / "models").mkdir()
-    fsync_dir(mnt)
+    fsync_directory(mnt)
     write_file(mnt / "staging" / "one.bin", b"1")
     write_file(mnt / "staging" / "two.bin", b"2")
     write_file(mnt / "models" / "old.gguf", b"old")
-    fsync_dir(mnt / "staging")
-    fsync_dir(mnt / "models")
+    fsync_directory(mnt / "staging")
+    fsync_directory(mnt / "models")
     renameat2(str(mnt / "staging" / "one.bin"), str(mnt / "models" / "one.gguf"), RENAME_NOREPLACE)
     os.replace(mnt / "staging" / "two.bin", mnt / "models" / "old.gguf")  # replaces: old.gguf must come back
     powercut.cut()
@@ -143,8 +136,8 @@ def test_tool_rename_is_durable_only_once_its_directories_are_synced(powercut: P
     assert sorted(os.listdir(mnt / "staging")) == ["one.bin", "two.bin"]
 
     renameat2(str(mnt / "staging" / "one.bin"), str(mnt / "models" / "one.gguf"), RENAME_NOREPLACE)
-    fsync_dir(mnt / "models")
-    fsync_dir(mnt / "staging")
+    fsync_directory(mnt / "models")
+    fsync_directory(mnt / "staging")
     powercut.cut()
     assert sorted(os.listdir(mnt / "models")) == ["old.gguf", "one.gguf"]
     assert sorted(os.listdir(mnt / "staging")) == ["two.bin"]
@@ -155,13 +148,13 @@ def test_tool_directory_moves_and_exchanges_are_undone(powercut: PowerCut) -> No
     (mnt / "models").mkdir()
     (mnt / "models" / "set").mkdir()
     write_file(mnt / "models" / "set" / "old-1.gguf", b"old")
-    fsync_dir(mnt / "models" / "set")
-    fsync_dir(mnt / "models")
-    fsync_dir(mnt)
+    fsync_directory(mnt / "models" / "set")
+    fsync_directory(mnt / "models")
+    fsync_directory(mnt)
     (mnt / "new-set").mkdir()
     write_file(mnt / "new-set" / "new-1.gguf", b"new")
-    fsync_dir(mnt / "new-set")
-    fsync_dir(mnt)
+    fsync_directory(mnt / "new-set")
+    fsync_directory(mnt)
     renameat2(str(mnt / "new-set"), str(mnt / "models" / "set"), RENAME_EXCHANGE)
     assert os.listdir(mnt / "models" / "set") == ["new-1.gguf"]
     powercut.cut()
@@ -169,7 +162,7 @@ def test_tool_directory_moves_and_exchanges_are_undone(powercut: PowerCut) -> No
     assert os.listdir(mnt / "new-set") == ["new-1.gguf"]
     (mnt / "fresh").mkdir()
     os.rename(mnt / "new-set", mnt / "models" / "moved")
-    fsync_dir(mnt / "models")  # models/ is durable with "moved", but the root never lost "new-set"
+    fsync_directory(mnt / "models")  # models/ is durable with "moved", but the root never lost "new-set"
     powercut.cut()
     assert sorted(os.listdir(mnt)) == ["models", "new-set"]
     assert os.listdir(mnt / "new-set") == ["new-1.gguf"]
@@ -219,7 +212,7 @@ class PowerCutRun:
         self.sources = {path.name: (path, file_sha256(path)) for path in sources}
         data = mount.mountpoint / "data"
         data.mkdir()
-        fsync_dir(mount.mountpoint)
+        fsync_directory(mount.mountpoint)
         # with Redis: its data dir is off the mount, without persistence, so a cut also loses the queue
         self.redis = RedisProcess(tmp_path / "redis") if with_redis else None
         self.worker = WorkerProcess(data, self.redis.url, tmp_path / "worker.log") if self.redis else None
@@ -528,7 +521,7 @@ def test_an_upload_created_on_a_fresh_data_dir_survives_a_power_cut(powercut: Po
     fsynced, a power cut takes the folders, and every upload in them, away (found by the scenario below)."""
     data = powercut.mountpoint / "data"
     data.mkdir()
-    fsync_dir(powercut.mountpoint)
+    fsync_directory(powercut.mountpoint)
     server = ServerProcess(data, tmp_path / "server.log").start()
     try:
         created = httpx.post(f"{server.url}/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "10",
