@@ -76,7 +76,7 @@ def measure_client(server: Server, source: dict[str, Any], client: str, cli_dir:
                 raise RuntimeError(f"the sendfile client's upload ended {result.get('state')}: {result.get('reason')}")
             extra["patch_mbps"] = source["length"] / 1e6 / (result["t_end"] - result["t_start"])
         else:
-            argv = [str(PYTHON), "-m", "cli.main", "upload", source["path"], "--server",
+            argv = [str(PYTHON), "-m", "modeldrop.cli.main", "upload", source["path"], "--server",
                     f"http://127.0.0.1:{server.port}", "--state-file", str(state_file)]
             code = cli_dir or server.code_dir
             env = {**os.environ, "PYTHONPATH": str(code)}

@@ -97,7 +97,7 @@ class Server:
         files.mkdir(parents=True)
         env = {**os.environ, "FILES_DIR": str(files), "PORT": str(self.port)}
         if self.kind == "modeldrop":
-            argv = [str(PYTHON), "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            argv = [str(PYTHON), "-m", "modeldrop.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                     "--data-dir", str(self.data_dir), "--log-level", "warning",
                     "--fsync" if self.fsync else "--no-fsync", *self.extra_args]
             cwd = self.code_dir

@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from server import libc
-from server.tus.body import BATCH_BYTES
+from modeldrop.server import libc
+from modeldrop.server.tus.body import BATCH_BYTES
 
 FILES = Path(os.environ.get("FILES_DIR", "."))
 HASHING = os.environ.get("SHA256", "1") == "1"

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from cli import tus
-from cli.client import HttpClient, NetworkError, add_server_arguments, server_and_token
+from modeldrop.cli import tus
+from modeldrop.cli.client import HttpClient, NetworkError, add_server_arguments, server_and_token
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from cli import tus
+from modeldrop.cli import tus
 
 # Bytes read from disk and handed to the socket at a time. Big enough for fast links, small enough
 # that the client's memory does not depend on the file or chunk size.

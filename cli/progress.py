@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from cli.tus import format_size
+from modeldrop.cli.tus import format_size
 
 # The speed is measured over this many recent seconds: long enough to be steady, short enough to
 # follow a link that slows down.

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
-from cli import tus
-from cli.client import (
+from modeldrop.cli import tus
+from modeldrop.cli.client import (
     FileSlice,
     HttpClient,
     LocalFileError,
@@ -29,8 +29,8 @@ from cli.client import (
     add_server_arguments,
     server_and_token,
 )
-from cli.progress import Progress
-from cli.state import UploadMemory, default_state_file
+from modeldrop.cli.progress import Progress
+from modeldrop.cli.state import UploadMemory, default_state_file
 
 # How often to ask for the status while the server verifies: soon at first (the server keeps the digest
 # while receiving, so even a 100 GB model is usually installed within tens of ms of its last byte, and a

@@ -51,15 +51,15 @@ setup_python() {
     fi
     # $1: "base" (enough to run) or "test"; a test install also satisfies base
     local want="$1" base have
-    base="$(stamp_of setup.cfg pyproject.toml)"
+    base="$(stamp_of setup.cfg setup.py pyproject.toml)"
     have="$(cat .venv/.modeldrop-stamp 2>/dev/null || true)"
     if [ "$have" != "$base-test" ] && [ "$have" != "$base-$want" ]; then
         say "installing Python packages into .venv ($want)"
         .venv/bin/python -m pip install -q --upgrade pip >/dev/null
         if [ "$want" = test ]; then
-            .venv/bin/python -m pip install -q -e ".[test]" --config-settings editable_mode=compat
+            .venv/bin/python -m pip install -q -e ".[test]"
         else
-            .venv/bin/python -m pip install -q -e . --config-settings editable_mode=compat
+            .venv/bin/python -m pip install -q -e .
         fi
         echo "$base-$want" > .venv/.modeldrop-stamp
     fi

@@ -8,10 +8,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from server import errors, gguf
-from server.locks import LockSpace
-from server.settings import Settings
-from server.store.filestore import FileStore
+from modeldrop.server import errors, gguf
+from modeldrop.server.locks import LockSpace
+from modeldrop.server.settings import Settings
+from modeldrop.server.store.filestore import FileStore
 
 Created = TypeVar("Created")
 ADMISSION_LOCK = "admission"

@@ -22,28 +22,33 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import catalog, errors
-from server.admission import Admission
-from server.api.uploads import upload_status
-from server.finalizer import Finalizer, make_finalizer, requeue_stuck
-from server.locks import LockSpace
-from server.locks.locker import AsyncLocker
-from server.metrics import Metrics, method_label
-from server.origins import BrowserGuard, BrowserPolicy, answer_error
-from server.settings import Settings
-from server.store import sets
-from server.store.filestore import FileStore
-from server.tus import headers as tus
-from server.tus.assemble import copy_parts
-from server.tus.handler import BASE_PATH, STATUS_HEADER, TusHandler
+from modeldrop.cli import __version__
+from modeldrop.server import catalog, errors
+from modeldrop.server.admission import Admission
+from modeldrop.server.api.uploads import upload_status
+from modeldrop.server.finalizer import Finalizer, make_finalizer, requeue_stuck
+from modeldrop.server.locks import LockSpace
+from modeldrop.server.locks.locker import AsyncLocker
+from modeldrop.server.metrics import Metrics, method_label
+from modeldrop.server.origins import BrowserGuard, BrowserPolicy, answer_error
+from modeldrop.server.settings import Settings
+from modeldrop.server.store import sets
+from modeldrop.server.store.filestore import FileStore
+from modeldrop.server.tus import headers as tus
+from modeldrop.server.tus.assemble import copy_parts
+from modeldrop.server.tus.handler import BASE_PATH, STATUS_HEADER, TusHandler
 
 log = logging.getLogger("modeldrop.app")
 
-VERSION = "0.1.0"
 EXPOSED_HEADERS = ["Location", "Upload-Offset", "Upload-Length", "Upload-Metadata", "Upload-Expires",
                    "Upload-Concat", "Upload-Defer-Length", "Tus-Version", "Tus-Resumable", "Tus-Extension",
                    "Tus-Max-Size", "Tus-Checksum-Algorithm", STATUS_HEADER, "Retry-After"]
-DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web" / "dist"
+# a checkout serves its own build (web/dist); an installed wheel carries the build as modeldrop/web
+WEB_DIRS = (Path(__file__).resolve().parent.parent / "web" / "dist", Path(__file__).resolve().parent.parent / "web")
+
+
+def default_web_dir() -> Path:
+    return next((path for path in WEB_DIRS if (path / "index.html").is_file()), WEB_DIRS[0])
 
 
 OVERRIDABLE_METHODS = ("PATCH", "DELETE")
@@ -114,7 +119,7 @@ def create_app(settings: Settings) -> Starlette:
 
     async def api_config(request: Request) -> Response:
         return JSONResponse({"auth_required": parts.admission.auth_required, "max_size": settings.max_size,
-                             "tus_endpoint": BASE_PATH, "version": VERSION,
+                             "tus_endpoint": BASE_PATH, "version": __version__,
                              "checksum_algorithms": list(tus.CHECKSUM_ALGORITHMS)})
 
     async def api_upload(request: Request) -> Response:
@@ -166,7 +171,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    web_dir = Path(settings.web_dir or DEFAULT_WEB_DIR)
+    web_dir = Path(settings.web_dir or default_web_dir())
     if (web_dir / "index.html").exists():
         routes.append(Mount("/", app=StaticFiles(directory=web_dir, html=True), name="web"))
     else:

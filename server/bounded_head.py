@@ -18,8 +18,8 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from server import errors
-from server.settings import KIB, Settings
+from modeldrop.server import errors
+from modeldrop.server.settings import KIB, Settings
 
 
 @dataclasses.dataclass(frozen=True)

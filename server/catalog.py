@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from server import errors, gguf
-from server.store.filestore import (
+from modeldrop.server import errors, gguf
+from modeldrop.server.store.filestore import (
     fsync_directory,
     make_directories,
     remove_entry,

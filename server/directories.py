@@ -10,8 +10,8 @@ import os
 import secrets
 from pathlib import Path
 
-from server.settings import Settings, SettingsError
-from server.store.filestore import make_directories
+from modeldrop.server.settings import Settings, SettingsError
+from modeldrop.server.store.filestore import make_directories
 
 
 def check_directories(settings: Settings) -> None:

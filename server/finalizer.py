@@ -12,12 +12,12 @@ import logging
 import time
 from typing import Protocol
 
-from server.locks import LockSpace
-from server.settings import Settings
-from server.store.filestore import FileStore
-from server.store.info import TERMINAL_STATES
+from modeldrop.server.locks import LockSpace
+from modeldrop.server.settings import Settings
+from modeldrop.server.store.filestore import FileStore
+from modeldrop.server.store.info import TERMINAL_STATES
 
-JOB = "worker.finalize.finalize_upload"
+JOB = "modeldrop.worker.finalize.finalize_upload"
 QUEUE_NAME = "modeldrop-finalize"
 
 log = logging.getLogger("modeldrop.finalizer")

@@ -18,12 +18,12 @@ from typing import Any
 
 import uvicorn
 
-from server.bounded_head import HeadLimits
-from server.directories import check_directories
-from server.libc import keep_freed_heap
-from server.logs import configure_logging
-from server.settings import Settings, SettingsError, add_arguments as add_setting_arguments
-from server.socket_body import SocketBodyProtocol
+from modeldrop.server.bounded_head import HeadLimits
+from modeldrop.server.directories import check_directories
+from modeldrop.server.libc import keep_freed_heap
+from modeldrop.server.logs import configure_logging
+from modeldrop.server.settings import Settings, SettingsError, add_arguments as add_setting_arguments
+from modeldrop.server.socket_body import SocketBodyProtocol
 
 log = logging.getLogger("modeldrop.main")
 
@@ -57,7 +57,7 @@ def _find_tus_handler(app: Any) -> Any:
 
 
 def build_config(settings: Settings, fd: int | None = None) -> uvicorn.Config:
-    from server.app import create_app
+    from modeldrop.server.app import create_app
 
     return uvicorn.Config(
         create_app(settings),

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import errors
-from server.settings import Settings, normalize_origin
-from server.tus import headers as tus
+from modeldrop.server import errors
+from modeldrop.server.settings import Settings, normalize_origin
+from modeldrop.server.tus import headers as tus
 
 # always answered: container and load-balancer health checks use whatever host name they like
 OPEN_PATHS = frozenset({"/healthz"})

@@ -178,7 +178,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("stale_after", float, 60.0,
            "seconds a finished upload's status may stay unchanged, with nobody finalizing it, before it is requeued",
            commands=("serve",)),
-    Option("web_dir", Path, None, "built web UI served at / (default: web/dist next to the server package)",
+    Option("web_dir", Path, None,
+           "built web UI served at / (default: the one installed with the package, or web/dist in a checkout)",
            commands=("serve",)),
 )
 

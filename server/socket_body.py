@@ -18,7 +18,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from server.bounded_head import BoundedHeadProtocol
+from modeldrop.server.bounded_head import BoundedHeadProtocol
 
 EXTENSION = "modeldrop.socket_body"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from server.settings import OPTIONS
+from modeldrop.server.settings import OPTIONS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 CI_RUN = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()

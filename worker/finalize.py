@@ -20,17 +20,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from server import gguf
-from server.admission import describe_same_model, model_id, same_model_entries
-from server.catalog import Catalog, public_facts, sha256_of
-from server.finalizer import finalize_lock_name
-from server.locks import LOCK_TTL_MS, RENEW_EVERY, Held, LockSpace
-from server.settings import Settings
-from server.store import sets
-from server.store.filestore import (FileStore, PlantedLink, fsync_directory, open_regular, real_directory, remove_entry,
-                                    write_atomic)
-from server.store.info import INSTALLED, TERMINAL_STATES, VERIFYING, UploadInfo
-from worker.publish import NameTaken, identity, notify_llama_server, publish, same_file, set_permissions
+from modeldrop.server import gguf
+from modeldrop.server.admission import describe_same_model, model_id, same_model_entries
+from modeldrop.server.catalog import Catalog, public_facts, sha256_of
+from modeldrop.server.finalizer import finalize_lock_name
+from modeldrop.server.locks import LOCK_TTL_MS, RENEW_EVERY, Held, LockSpace
+from modeldrop.server.settings import Settings
+from modeldrop.server.store import sets
+from modeldrop.server.store.filestore import (FileStore, PlantedLink, fsync_directory, open_regular, real_directory,
+                                              remove_entry, write_atomic)
+from modeldrop.server.store.info import INSTALLED, TERMINAL_STATES, VERIFYING, UploadInfo
+from modeldrop.worker.publish import NameTaken, identity, notify_llama_server, publish, same_file, set_permissions
 
 log = logging.getLogger("modeldrop.finalize")
 

@@ -11,10 +11,10 @@ import os
 import signal
 import sys
 
-from server.finalizer import QUEUE_NAME
-from server.logs import configure_logging
-from server.directories import check_directories
-from server.settings import Settings, SettingsError, add_arguments as add_setting_arguments
+from modeldrop.server.finalizer import QUEUE_NAME
+from modeldrop.server.logs import configure_logging
+from modeldrop.server.directories import check_directories
+from modeldrop.server.settings import Settings, SettingsError, add_arguments as add_setting_arguments
 
 log = logging.getLogger("modeldrop.worker")
 
@@ -52,7 +52,7 @@ def work(settings: Settings, burst: bool, parent: int | None = None) -> None:
     import redis
     from rq import Queue, Worker
 
-    from worker.finalize import configure
+    from modeldrop.worker.finalize import configure
 
     if parent is not None:  # one of --workers N: dies with `modeldrop worker`
         die_with(parent)

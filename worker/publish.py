@@ -20,8 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from server.libc import libc
-from server.store.filestore import PlantedLink, fsync_directory, remove_entry
+from modeldrop.server.libc import libc
+from modeldrop.server.store.filestore import PlantedLink, fsync_directory, remove_entry
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1

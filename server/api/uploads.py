@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.catalog import iso
-from server.store.filestore import FileStore
-from server.store.info import RECEIVING, UploadInfo
+from modeldrop.server.catalog import iso
+from modeldrop.server.store.filestore import FileStore
+from modeldrop.server.store.info import RECEIVING, UploadInfo
 
 
 def upload_status(store: FileStore, upload_id: str) -> dict[str, Any]:

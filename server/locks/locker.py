@@ -7,8 +7,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from server import errors
-from server.locks import RENEW_EVERY, STOP_POLL, Held, LockSpace
+from modeldrop.server import errors
+from modeldrop.server.locks import RENEW_EVERY, STOP_POLL, Held, LockSpace
 
 log = logging.getLogger("modeldrop.locks")
 

@@ -20,8 +20,8 @@ import os
 import struct
 from pathlib import Path
 
-from server.libc import libc
-from server.store.info import UploadInfo
+from modeldrop.server.libc import libc
+from modeldrop.server.store.info import UploadInfo
 
 log = logging.getLogger("modeldrop.store")
 

@@ -14,7 +14,7 @@ import hashlib
 import mmap
 import os
 
-from server.libc import libc
+from modeldrop.server.libc import libc
 
 _CTX_SIZE = 112  # sizeof(SHA256_CTX): h[8], Nl, Nh, data[16], num, md_len — all 32-bit
 _MAP_WINDOW = 2 * 1024 * 1024  # mapped at once by update_from_file: mapped pages count in RSS

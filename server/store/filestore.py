@@ -28,10 +28,10 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from server import errors
-from server.libc import libc
-from server.store import digest
-from server.store.info import FAILED, QUEUED, TERMINAL_STATES, UPLOAD_ID, UploadInfo
+from modeldrop.server import errors
+from modeldrop.server.libc import libc
+from modeldrop.server.store import digest
+from modeldrop.server.store.info import FAILED, QUEUED, TERMINAL_STATES, UPLOAD_ID, UploadInfo
 
 _CHECKPOINT = struct.Struct("<Q")
 _SYNC_FILE_RANGE_WRITE = 2

@@ -15,10 +15,10 @@ import os
 import time
 from pathlib import Path
 
-from server import errors, gguf
-from server.locks import LockSpace
-from server.store.filestore import FileStore, PlantedLink, read_nofollow, remove_entry
-from server.store.info import TERMINAL_STATES
+from modeldrop.server import errors, gguf
+from modeldrop.server.locks import LockSpace
+from modeldrop.server.store.filestore import FileStore, PlantedLink, read_nofollow, remove_entry
+from modeldrop.server.store.info import TERMINAL_STATES
 
 MEMBERS_SUFFIX = ".members.json"
 

@@ -13,9 +13,9 @@ import errno
 import os
 from collections.abc import Sequence
 
-from server import errors, gguf
-from server.store.filestore import FileStore, PlantedLink, open_regular
-from server.store.info import UploadInfo
+from modeldrop.server import errors, gguf
+from modeldrop.server.store.filestore import FileStore, PlantedLink, open_regular
+from modeldrop.server.store.info import UploadInfo
 
 _COPY_BLOCK = 1 << 30
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect
 
-from server import errors, gguf
-from server.store.filestore import UploadWriter
+from modeldrop.server import errors, gguf
+from modeldrop.server.store.filestore import UploadWriter
 
 BATCH_BYTES = 4 * 1024 * 1024  # two in memory at once (one writing, one filling) keep RSS + ~8 MiB
 

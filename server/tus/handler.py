@@ -21,20 +21,20 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server import errors
-from server.admission import Admission
-from server.finalizer import Finalizer
-from server.locks.locker import AsyncLocker
-from server.metrics import Metrics
-from server.settings import Settings
-from server.socket_body import EXTENSION as SOCKET_BODY
-from server.store.cache import UploadCache
-from server.store.filestore import FileStore, write_atomic
-from server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, TERMINAL_STATES, UploadInfo
-from server.tus import headers as tus
-from server.tus.assemble import create_final, fill_final
-from server.tus.body import BodyLimits, Interruption, receive_body, stopped_error
-from server.tus.spliced import receive_from_socket
+from modeldrop.server import errors
+from modeldrop.server.admission import Admission
+from modeldrop.server.finalizer import Finalizer
+from modeldrop.server.locks.locker import AsyncLocker
+from modeldrop.server.metrics import Metrics
+from modeldrop.server.settings import Settings
+from modeldrop.server.socket_body import EXTENSION as SOCKET_BODY
+from modeldrop.server.store.cache import UploadCache
+from modeldrop.server.store.filestore import FileStore, write_atomic
+from modeldrop.server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, TERMINAL_STATES, UploadInfo
+from modeldrop.server.tus import headers as tus
+from modeldrop.server.tus.assemble import create_final, fill_final
+from modeldrop.server.tus.body import BodyLimits, Interruption, receive_body, stopped_error
+from modeldrop.server.tus.spliced import receive_from_socket
 
 log = logging.getLogger("modeldrop.tus")
 

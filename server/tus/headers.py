@@ -10,8 +10,8 @@ import re
 import unicodedata
 from collections.abc import Mapping
 
-from server import errors
-from server.store.info import UPLOAD_ID
+from modeldrop.server import errors
+from modeldrop.server.store.info import UPLOAD_ID
 
 TUS_VERSION = "1.0.0"
 PATCH_CONTENT_TYPE = "application/offset+octet-stream"

@@ -19,11 +19,11 @@ import threading
 import time
 from concurrent.futures import Executor
 
-from server import errors, gguf
-from server.socket_body import SocketBody, TakenBody
-from server.store.filestore import UploadWriter
-from server.tus.body import (BodyLimits, BodyResult, Interruption, off_loop, settle, stopped_error,
-                             storage_error)
+from modeldrop.server import errors, gguf
+from modeldrop.server.socket_body import SocketBody, TakenBody
+from modeldrop.server.store.filestore import UploadWriter
+from modeldrop.server.tus.body import (BodyLimits, BodyResult, Interruption, off_loop, settle, stopped_error,
+                                       storage_error)
 
 PIPE_BYTES = 1024 * 1024  # moved per splice; the default pipe (64 KiB) costs 16 times the system calls
 _F_SETPIPE_SZ = 1031

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 
-from cli import admin
+from modeldrop.cli import admin
 
 MODELS = {
     "models": [

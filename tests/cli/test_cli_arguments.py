@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cli import main as cli_main
-from cli import upload
-from cli.client import FileSlice, LocalFileError
+from modeldrop.cli import main as cli_main
+from modeldrop.cli import upload
+from modeldrop.cli.client import FileSlice, LocalFileError
 
 DIGEST = "cd" * 32
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cli import tus
-from cli.upload import Attempts, Retryable, Unreachable
+from modeldrop.cli import tus
+from modeldrop.cli.upload import Attempts, Retryable, Unreachable
 
 
 def _attempts(retries: int) -> tuple[Attempts, list[float], list[str]]:

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from cli import progress
+from modeldrop.cli import progress
 
 
 @pytest.mark.parametrize(("seconds", "expected"), [(None, "--"), (-1, "--"), (0, "0s"), (59.9, "59s"),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.client import SENDFILE_STEP, FileSlice, HttpClient, LocalFileError
+from modeldrop.cli.client import SENDFILE_STEP, FileSlice, HttpClient, LocalFileError
 from tests.cli.test_upload_e2e import installed_file, run_cli, sha256_of
 from tests.ggufgen import write_sparse_model
 from tests.support.processes import ServerProcess

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import state
+from modeldrop.cli import state
 
 
 def test_default_state_file_follows_the_environment() -> None:

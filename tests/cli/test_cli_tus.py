@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from cli import tus
+from modeldrop.cli import tus
 
 # ---------------------------------------------------------------- sizes
 

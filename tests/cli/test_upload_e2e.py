@@ -26,7 +26,7 @@ CLIENT_TIMEOUT = 240
 
 
 def cli_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.main", *args]
+    return [sys.executable, "-m", "modeldrop.cli.main", *args]
 
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -214,7 +214,7 @@ def test_memory_stays_flat_with_the_whole_file_in_one_patch(server: ServerProces
     measured = ("import re, runpy, sys\n"
                 "sys.argv = ['modeldrop', *sys.argv[1:]]\n"
                 "try:\n"
-                "    runpy.run_module('cli.main', run_name='__main__')\n"
+                "    runpy.run_module('modeldrop.cli.main', run_name='__main__')\n"
                 "finally:\n"
                 "    status = open('/proc/self/status').read()\n"
                 "    print('maxrss_kib', re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n")

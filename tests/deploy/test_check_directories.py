@@ -14,7 +14,7 @@ from tests.support.processes import REPO, free_port
 
 
 def run_command(command: str, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "cli.main", command, "--data-dir", str(data), *extra]
+    argv = [sys.executable, "-m", "modeldrop.cli.main", command, "--data-dir", str(data), *extra]
     if command == "serve":
         argv += ["--host", "127.0.0.1", "--port", str(free_port())]
     return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -463,7 +463,7 @@ def test_the_image_layout_serves_the_ui_and_passes_its_healthcheck(tmp_path: Pat
     (app / "web" / "dist" / "index.html").write_text("<title>built-ui-marker</title>")
     shim = tmp_path / "bin" / "modeldrop"  # what `pip install -e .` puts on PATH
     shim.parent.mkdir()
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cli.main "$@"\n')
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m modeldrop.cli.main "$@"\n')
     shim.chmod(0o755)
     port = free_port()
     data = tmp_path / "data"

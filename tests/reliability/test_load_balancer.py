@@ -77,7 +77,7 @@ class CliUpload:
     """`modeldrop upload FILE --server URL` in the background (it waits for the install itself)."""
 
     def __init__(self, file: Path, server_url: str, state_file: Path, chunk_size: str | None) -> None:
-        argv = [PYTHON, "-m", "cli.main", "upload", str(file), "--server", server_url, "--retries", "200",
+        argv = [PYTHON, "-m", "modeldrop.cli.main", "upload", str(file), "--server", server_url, "--retries", "200",
                 "--retry-delay", "0.2", "--state-file", str(state_file), "--quiet"]
         if chunk_size:
             argv += ["--chunk-size", chunk_size]

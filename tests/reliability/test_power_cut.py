@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.store.filestore import fsync_directory
+from modeldrop.server.store.filestore import fsync_directory
 from tests.reliability.conftest import Figures
 from tests.reliability.support import (
     SlowNodeUpload,

@@ -12,13 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
-from server import errors
-from server.admission import Admission
-from server.app import create_app
-from server.settings import Settings
-from server.store.filestore import FileStore
-from server.store.info import UploadInfo
-from server.tus import assemble
+from modeldrop.server import errors
+from modeldrop.server.admission import Admission
+from modeldrop.server.app import create_app
+from modeldrop.server.settings import Settings
+from modeldrop.server.store.filestore import FileStore
+from modeldrop.server.store.info import UploadInfo
+from modeldrop.server.tus import assemble
 from tests.support.loop import run_scenario
 from tests.support.tus import PATCH_TYPE, TUS_VERSION, encode_metadata, gguf_bytes
 

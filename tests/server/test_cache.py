@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from server.store.cache import UploadCache
-from server.store.filestore import FileStore
-from server.store.info import UploadInfo
+from modeldrop.server.store.cache import UploadCache
+from modeldrop.server.store.filestore import FileStore
+from modeldrop.server.store.info import UploadInfo
 from tests.support.loop import run_scenario
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server import errors, gguf
-from server.catalog import Catalog
+from modeldrop.server import errors, gguf
+from modeldrop.server.catalog import Catalog
 from tests.ggufgen import truncate_by, write_model, write_split_set
 from tests.worker.uploads import file_sha256
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server import gguf as parser
-from server.gguf import GGUFError, ShardName, check_complete, parse_header, read_facts, verify_file
+from modeldrop.server import gguf as parser
+from modeldrop.server.gguf import GGUFError, ShardName, check_complete, parse_header, read_facts, verify_file
 from tests.ggufgen import (shard_path, truncate_by, write_llama3_like_header, write_model,
                            write_shard, write_sparse_model, write_split_set, wrong_magic)
 

@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from server import errors
-from server.tus import headers as tus
+from modeldrop.server import errors
+from modeldrop.server.tus import headers as tus
 
 
 def code_of(call, *args):  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ BATCHES = 64
 
 FREE_AND_REFILL = f"""
 import os, resource, sys
-from server.libc import keep_freed_heap
+from modeldrop.server.libc import keep_freed_heap
 if sys.argv[1] == "kept":
     assert keep_freed_heap()
 def batch():  # like a request body: a batch of chunks, all freed together once written

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from server.app import create_app
-from server.settings import Settings
-from server.tus.handler import TusHandler
+from modeldrop.server.app import create_app
+from modeldrop.server.settings import Settings
+from modeldrop.server.tus.handler import TusHandler
 from tests.support.loop import run_scenario
 from tests.support.tus import encode_metadata, gguf_bytes
 

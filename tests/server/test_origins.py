@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.origins import BrowserPolicy, refusal, split_host
-from server.settings import Settings, SettingsError, parse_hosts, parse_origins
+from modeldrop.server.origins import BrowserPolicy, refusal, split_host
+from modeldrop.server.settings import Settings, SettingsError, parse_hosts, parse_origins
 
 
 def policy(**values: object) -> BrowserPolicy:

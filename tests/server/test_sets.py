@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from server.store import sets
+from modeldrop.server.store import sets
 
 
 def test_sets_members_file_planted_as_a_link_is_not_read_through(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import GIB, MIB, Settings, SettingsError, add_arguments, parse_bool, parse_size
+from modeldrop.server.settings import GIB, MIB, Settings, SettingsError, add_arguments, parse_bool, parse_size
 
 
 @pytest.mark.parametrize(("text", "expected"), [("1048576", MIB), ("64MiB", 64 * MIB), ("2g", 2 * GIB),

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from server import errors
-from server.store import digest
-from server.store.filestore import UNSTARTED_GRACE, FileStore, write_atomic
-from server.store.info import UploadInfo
+from modeldrop.server import errors
+from modeldrop.server.store import digest
+from modeldrop.server.store.filestore import UNSTARTED_GRACE, FileStore, write_atomic
+from modeldrop.server.store.info import UploadInfo
 
 MIB = 1024 * 1024
 

@@ -69,7 +69,7 @@ def test_auth_options_healthz_and_config_stay_open(server: ServerProcess) -> Non
 
 
 def test_auth_server_without_token_on_public_address_refuses_to_start(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "cli.main", "serve", "--host", "0.0.0.0", "--port",
+    result = subprocess.run([sys.executable, "-m", "modeldrop.cli.main", "serve", "--host", "0.0.0.0", "--port",
                              str(free_port()), "--data-dir", str(tmp_path)], cwd=REPO, capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 2

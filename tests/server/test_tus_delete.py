@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from server.store.filestore import FileStore
+from modeldrop.server.store.filestore import FileStore
 from tests.support.processes import ServerProcess
 from tests.support.tus import client  # noqa: F401  (fixture)
 from tests.support.tus import TusClient, assert_error, gguf_bytes, module_server, stored_files, upload_id

@@ -16,8 +16,8 @@ import time
 import httpx
 import pytest
 
-from server.store.digest import ResumableSha256
-from server.store.filestore import FileStore
+from modeldrop.server.store.digest import ResumableSha256
+from modeldrop.server.store.filestore import FileStore
 from tests.support.processes import ServerProcess, wait_for
 from tests.support.tus import client  # noqa: F401  (fixture)
 from tests.support.tus import (PATCH_TYPE, TusClient, assert_error, data_path, gguf_bytes, module_server,

@@ -167,7 +167,7 @@ class ServerProcess(Process):
         return Path(self.options.get("staging_dir") or self.data_dir / "staging")
 
     def start(self, timeout: float = 20) -> ServerProcess:
-        argv = [PYTHON, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+        argv = [PYTHON, "-m", "modeldrop.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--data-dir", str(self.data_dir), *_options_to_args(self.options)]
         self._spawn(argv, self.env)
         wait_for(self._healthy, timeout, f"modeldrop serve on port {self.port}\n{self.log()[-3000:]}")
@@ -244,7 +244,7 @@ class WorkerProcess(Process):
         self.options = options
 
     def start(self, burst: bool = False) -> WorkerProcess:
-        argv = [PYTHON, "-m", "cli.main", "worker", "--redis-url", self.redis_url, "--data-dir", str(self.data_dir),
+        argv = [PYTHON, "-m", "modeldrop.cli.main", "worker", "--redis-url", self.redis_url, "--data-dir", str(self.data_dir),
                 *_options_to_args(self.options)]
         if burst:
             argv.append("--burst")

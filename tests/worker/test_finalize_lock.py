@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import redis
 
-import worker.finalize as finalize
-from server.finalizer import finalize_lock_name
-from server.settings import Settings
-from server.store.info import UploadInfo
+import modeldrop.worker.finalize as finalize
+from modeldrop.server.finalizer import finalize_lock_name
+from modeldrop.server.settings import Settings
+from modeldrop.server.store.info import UploadInfo
 from tests.ggufgen import write_model
 from tests.support.processes import RedisProcess
 

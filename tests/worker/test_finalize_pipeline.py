@@ -83,7 +83,7 @@ def test_finalize_redis_runs_on_rq_queue(start_server: Callable[..., ServerProce
     assert_installed(server, client, upload_id, source, status)
     job = Job.fetch(f"finalize-{upload_id}", connection=connection)
     assert job.origin == QUEUE
-    assert job.func_name == "worker.finalize.finalize_upload"
+    assert job.func_name == "modeldrop.worker.finalize.finalize_upload"
     assert job.args == (upload_id,)
     wait_for(lambda: job.get_status() == "finished", 10, "the RQ job to finish")  # it returns after recording
     assert job.id in queue.finished_job_registry.get_job_ids()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import worker.finalize as finalize
-from server.settings import Settings
-from server.store.info import UploadInfo
+import modeldrop.worker.finalize as finalize
+from modeldrop.server.settings import Settings
+from modeldrop.server.store.info import UploadInfo
 from tests.ggufgen import write_model, write_split_set
 from tests.support.processes import ServerProcess
 from tests.worker.uploads import TusClient

@@ -1,0 +1,1 @@
+"""The JSON API beside the tus endpoint: uploads' finalize status."""

@@ -1,0 +1,1 @@
+"""The staging store: upload records, their bytes, running hashes, split-set staging."""
