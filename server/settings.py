@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,19 @@ def parse_hosts(text: str) -> tuple[str, ...]:
 
 def parse_mode(text: str) -> int:
     return int(text, 8)
+
+
+def redact_url(url: str) -> str:
+    """url with its password replaced by ***, in the user info or a `password=` query (both reach Redis)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(an unparseable URL, not shown)"
+    userinfo, at, host = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.split(':', 1)[0]}:***@{host}" if at and ":" in userinfo else parts.netloc
+    query = "&".join("password=***" if item.split("=", 1)[0].lower() == "password" else item
+                     for item in parts.query.split("&")) if parts.query else ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,7 +326,8 @@ class Settings:
         return cls.from_env(environ, given)
 
     def describe(self) -> str:
-        mode = f"redis {self.redis_url}" if self.redis_url else "embedded (no Redis)"
+        """One line for the startup log: it must not carry secrets, so the Redis URL loses its password."""
+        mode = f"redis {redact_url(self.redis_url)}" if self.redis_url else "embedded (no Redis)"
         return (f"models={self.models_dir} staging={self.staging_dir} mode={mode} "
                 f"fsync={'on' if self.fsync else 'off'} auth={'token' if self.token else 'none'}")
 

@@ -75,3 +75,16 @@ def test_settings_request_head_bounds_are_checked(values: dict[str, object]) -> 
 def test_settings_request_head_bounds_default_to_32kib_100_lines_30_s() -> None:
     settings = Settings.from_env({})
     assert (settings.max_header_size, settings.max_header_lines, settings.header_timeout) == (32 * 1024, 100, 30.0)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:s3cret@redis.example:6380/2", "redis://:***@redis.example:6380/2"),
+    ("rediss://modeldrop:s3cret@10.0.0.5/0", "rediss://modeldrop:***@10.0.0.5/0"),
+    ("unix://:s3cret@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+    ("redis://redis.example:6379/0?password=s3cret&db=1", "redis://redis.example:6379/0?password=***&db=1"),
+    ("redis://redis:6379/0", "redis://redis:6379/0"),
+])
+def test_settings_describe_hides_the_redis_password(url: str, shown: str) -> None:
+    described = Settings.from_env({"REDIS_URL": url}).describe()
+    assert "s3cret" not in described
+    assert f"mode=redis {shown} " in described
