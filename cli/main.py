@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not module_name.startswith(("modeldrop.server", "modeldrop.worker")):
             raise
         print(f"modeldrop: error: `modeldrop {command}` needs the server, which this install does not have "
-              f"({missing}); install the full package: pipx install modeldrop", file=sys.stderr)
+              f"({missing}); install the full modeldrop package, not modeldrop-upload", file=sys.stderr)
         return 2
     parser = argparse.ArgumentParser(prog=f"modeldrop {command}", description=summary)
     module.add_arguments(parser, command)

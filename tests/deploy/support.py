@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,9 +20,9 @@ SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without anything that configures modeldrop."""
+    """The test process's environment without anything that configures modeldrop or points Python at the checkout."""
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith("MODELDROP_") and key != "REDIS_URL"}
+           if not key.startswith("MODELDROP_") and key not in ("REDIS_URL", "PYTHONPATH", "VIRTUAL_ENV")}
     env.update(extra)
     return env
 
@@ -102,3 +103,39 @@ def writable(directory: Path) -> bool:
         return False
     probe.unlink()
     return True
+
+
+@dataclass
+class Installed:
+    checkout: Path
+    wheel: Path
+    full: Path  # venv with the modeldrop wheel and its dependencies
+    uploader: Path  # venv with the uploader-only distribution
+
+    def run(self, venv: Path, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(venv / "bin" / argv[0]), *argv[1:]], cwd=self.checkout.parent,
+                              env=clean_env(PATH=f"{venv / 'bin'}:{SYSTEM_PATH}"), capture_output=True, text=True,
+                              timeout=timeout)
+
+
+def checked(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def clean_checkout(target: Path) -> Path:
+    """The tracked files of the work tree, as a fresh clone has them (no build output, no node_modules)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if name.startswith(("tests/", "bench/")) or not (REPO / name).is_file():
+            continue
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target / name)
+    assert not (target / "web" / "dist").exists()
+    return target
+
+
+def venv(path: Path) -> Path:
+    checked(subprocess.run([sys.executable, "-m", "venv", str(path)], capture_output=True, text=True, timeout=120))
+    return path

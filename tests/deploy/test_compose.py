@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from tests.deploy.support import REPO, SYSTEM_PATH, clean_env
+from tests.deploy.support import REPO, SYSTEM_PATH, Installed, clean_env
 from tests.ggufgen import write_model, write_split_set
 from tests.support.processes import Process, RedisProcess, WorkerProcess, free_port, wait_for
 
@@ -345,7 +345,7 @@ def ignored(path: str) -> bool:
     return False
 
 
-def test_two_stages_web_build_then_python_runtime() -> None:
+def test_three_stages_web_build_then_wheel_then_runtime_with_only_the_wheel() -> None:
     parsed = dockerfile()
     web = parsed.stage("web")
     assert web.image == "node:20-slim"
@@ -353,14 +353,20 @@ def test_two_stages_web_build_then_python_runtime() -> None:
     [(workdir, copy)] = web.copies()
     assert copy.sources == ["web/"] and PurePosixPath(workdir) / copy.dest == PurePosixPath(web.workdir)
 
+    wheel = parsed.stage("wheel")
+    [(workdir, dist)] = [(w, c) for w, c in wheel.copies() if c.stage == "web"]
+    assert dist.sources == [f"{web.workdir}/dist"], "the web stage's build output"
+    assert PurePosixPath(workdir) / dist.dest == PurePosixPath(wheel.workdir) / "web" / "dist", \
+        "where setup.py takes the built UI from"
+    assert any("pip wheel" in run and "--no-deps" in run for run in wheel.values("RUN"))
+
     final = parsed.final
     assert final.image == "python:3.11-slim"
     runs = " ".join(final.values("RUN"))
-    assert "pip install -e ." in runs and "[test]" not in runs
-    [(_, dist)] = [(w, c) for w, c in final.copies() if c.stage == "web"]
-    assert dist.sources == [f"{web.workdir}/dist"], "the stage's build output"
-    assert PurePosixPath(final.workdir) / dist.dest == PurePosixPath("/app/web/dist"), \
-        "the server serves web/dist next to its package (editable install, repo layout under /app)"
+    assert "from=wheel" in runs and "pip install /wheels/*.whl" in runs
+    assert "-e" not in runs.split() and "[test]" not in runs
+    sources = [source for _, copy in final.copies() for source in copy.sources]
+    assert not {"cli/", "server/", "worker/", "setup.cfg"} & set(sources), "the runtime holds the installed wheel only"
 
 
 def test_runtime_is_non_root_with_uid_and_gid_build_args() -> None:
@@ -418,8 +424,10 @@ def test_files_the_image_runs_are_copied_in_and_executable() -> None:
                              text=True).stdout
     if tracked:
         assert tracked.startswith("100755"), "COPY keeps git's mode: start.sh must be committed executable"
-    for path in ("cli/main.py", "server/main.py", "worker/main.py", "setup.cfg", "pyproject.toml", "README.md"):
-        assert files.get(f"/app/{path}") == path, f"the image's /app must mirror the repository: {path}"
+    package = dockerfile().stage("wheel").image_files()
+    for path in ("cli/main.py", "server/main.py", "worker/main.py", "setup.cfg", "setup.py", "pyproject.toml",
+                 "MANIFEST.in", "README.md"):
+        assert package.get(f"/src/{path}") == path, f"the wheel stage builds from the repository's files: {path}"
 
 
 def test_dockerignore_keeps_heavy_and_private_things_out() -> None:
@@ -434,46 +442,36 @@ def test_dockerignore_keeps_heavy_and_private_things_out() -> None:
 
 # ---------------------------------------------------------------- the image's files, run here
 
-def lay_out_image(root: Path) -> Path:
-    """Copies the runtime stage's context files to root as the Dockerfile's COPYs place them."""
-    for image_path, repo_path in dockerfile().final.image_files().items():
+def lay_out(stage: Stage, root: Path) -> Path:
+    """Copies a stage's context files to root as the Dockerfile's COPYs place them; returns its WORKDIR there."""
+    for image_path, repo_path in stage.image_files().items():
         target = root / image_path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / repo_path, target)
-    return root / "app"
+    return root / stage.workdir.lstrip("/")
 
 
-def test_the_copied_files_build_the_package(tmp_path: Path) -> None:
-    app = lay_out_image(tmp_path / "image")
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                             "-w", str(tmp_path / "wheels"), str(app)], capture_output=True, text=True, timeout=300)
+def test_the_wheel_stage_builds_the_package_a_clean_checkout_builds(tmp_path: Path, installed: Installed) -> None:
+    source = lay_out(dockerfile().stage("wheel"), tmp_path / "image")
+    shutil.copytree(installed.checkout / "web" / "dist", source / "web" / "dist")  # what the web stage hands over
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "wheels"),
+                             str(source)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     [wheel] = (tmp_path / "wheels").glob("modeldrop-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    for module in ("cli/main.py", "server/app.py", "worker/main.py"):
-        assert module in names
-    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "modeldrop = cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert sorted(zipfile.ZipFile(wheel).namelist()) == sorted(zipfile.ZipFile(installed.wheel).namelist())
 
 
-def test_the_image_layout_serves_the_ui_and_passes_its_healthcheck(tmp_path: Path) -> None:
-    """start.sh -> real `modeldrop serve` from the image's file set, with the image's environment."""
-    app = lay_out_image(tmp_path / "image")
-    (app / "web" / "dist").mkdir(parents=True)
-    (app / "web" / "dist" / "index.html").write_text("<title>built-ui-marker</title>")
-    shim = tmp_path / "bin" / "modeldrop"  # what `pip install -e .` puts on PATH
-    shim.parent.mkdir()
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m modeldrop.cli.main "$@"\n')
-    shim.chmod(0o755)
+def test_the_image_layout_serves_the_ui_and_passes_its_healthcheck(tmp_path: Path, installed: Installed) -> None:
+    """start.sh -> the installed wheel's `modeldrop serve`, with the image's environment."""
+    app = lay_out(dockerfile().final, tmp_path / "image")
     port = free_port()
     data = tmp_path / "data"
     env = {key: value.replace("/data", str(data)) for key, value in dockerfile().final.env.items()}
     env.update(MODELDROP_HOST="127.0.0.1", MODELDROP_PORT=str(port), MODELDROP_TOKENS="t",
-               PYTHONPATH=str(app), PATH=f"{shim.parent}:{SYSTEM_PATH}")
+               PATH=f"{installed.full / 'bin'}:{SYSTEM_PATH}")
     health = [sys.executable, str(app / "docker" / "healthcheck.py"), "serve"]
 
     assert subprocess.run(health, env=clean_env(MODELDROP_PORT=str(port))).returncode == 1, "nothing listens yet"
-    # cwd outside the repository: `python -m` puts the cwd first on sys.path
     with open(tmp_path / "server.log", "wb") as log:
         server = subprocess.Popen([str(app / "scripts" / "start.sh")], env=clean_env(**env), cwd=tmp_path,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -486,8 +484,8 @@ def test_the_image_layout_serves_the_ui_and_passes_its_healthcheck(tmp_path: Pat
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         connection.request("GET", "/")
         response = connection.getresponse()
-        assert response.status == 200 and b"built-ui-marker" in response.read(), \
-            "the server must serve /app/web/dist, where the web stage's build is copied"
+        assert response.status == 200 and response.read() == \
+            (installed.checkout / "web" / "dist" / "index.html").read_bytes(), "the UI installed with the wheel"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(20)
