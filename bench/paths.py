@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import proc
-from bench.servers import PYTHON, REPO, SCRATCH, Server, free_port
+from bench.servers import PYTHON, REPO, SCRATCH, Server, free_port, import_path
 from bench.source import sha256_file, warm
 
 SENDFILE_CLIENT = "sendfile client"
@@ -79,7 +79,7 @@ def measure_client(server: Server, source: dict[str, Any], client: str, cli_dir:
             argv = [str(PYTHON), "-m", "modeldrop.cli.main", "upload", source["path"], "--server",
                     f"http://127.0.0.1:{server.port}", "--state-file", str(state_file)]
             code = cli_dir or server.code_dir
-            env = {**os.environ, "PYTHONPATH": str(code)}
+            env = {**os.environ, "PYTHONPATH": import_path(code)}
             started = time.monotonic()
             out = subprocess.run(argv, cwd=code, env=env, capture_output=True, text=True, timeout=900)
             ended = time.monotonic()

@@ -9,6 +9,7 @@ minus everything tus: uvicorn-store (stores the body) and uvicorn-store-sha256 (
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import http.client
 import os
 import shutil
@@ -70,6 +71,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def import_path(code_dir: Path) -> str:
+    """A PYTHONPATH under which `modeldrop.*` is the code in code_dir (a copy of the repository).
+
+    The repository itself is installed (editable); another copy is reached through a folder named as
+    installed, whose entries link to that copy's server/, worker/ and cli/: the path comes before the
+    editable install's finder, so its modules win.
+    """
+    if code_dir.resolve() == REPO.resolve():
+        return str(REPO)
+    view = SCRATCH / "views" / hashlib.sha256(str(code_dir.resolve()).encode()).hexdigest()[:12]
+    for folder in ("server", "worker", "cli"):
+        link = view / "modeldrop" / folder
+        if not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(code_dir.resolve() / folder)
+    return str(view)
+
+
 @dataclasses.dataclass
 class Server:
     name: str
@@ -101,7 +120,7 @@ class Server:
                     "--data-dir", str(self.data_dir), "--log-level", "warning",
                     "--fsync" if self.fsync else "--no-fsync", *self.extra_args]
             cwd = self.code_dir
-            env["PYTHONPATH"] = str(self.code_dir)
+            env["PYTHONPATH"] = import_path(self.code_dir)
         elif self.kind == "stack":
             argv = [str(PYTHON), "-m", "uvicorn", "bench.stack_app:app", "--host", "127.0.0.1", "--port",
                     str(self.port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
