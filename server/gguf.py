@@ -45,6 +45,19 @@ MAX_ELEMENTS = 2**62  # dims, element counts, offsets: anything larger is nonsen
 READ_BLOCK_BYTES = 1024 * 1024
 
 
+def magic_verdict(data: bytes, start: int = 0) -> bool | None:
+    """Whether `data`, a file's bytes from offset `start` on, agree with the GGUF magic at its head.
+
+    True once they cover the magic and match it (or start lies past it), None while they are a true prefix
+    of it (more bytes decide), False as soon as they contradict it. The one check of the magic for every
+    way bytes arrive: a request body, a spliced body, a concatenation of partials.
+    """
+    expected = MAGIC[start:]
+    if not expected.startswith(data[:len(expected)]):
+        return False
+    return True if len(data) >= len(expected) else None
+
+
 class TensorType(NamedTuple):
     name: str
     block_size: int  # elements per block

@@ -37,7 +37,7 @@ def create_final(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo
     can take minutes, runs after the lock is let go.
     """
     try:
-        if first_bytes(store, parts, len(gguf.MAGIC)) != gguf.MAGIC:
+        if gguf.magic_verdict(first_bytes(store, parts, len(gguf.MAGIC))) is not True:
             raise errors.NotGGUF("the concatenated upload does not start with the GGUF magic: it is not a GGUF model")
     except FileNotFoundError:
         raise _part_gone(store, parts) from None

@@ -132,13 +132,13 @@ async def receive_body(
                 stopped = errors.TooLarge("the request body goes past Upload-Length; the excess was discarded")
             if limits.check_magic and position < len(gguf.MAGIC):
                 magic_pending += chunk
-                needed = len(gguf.MAGIC) - limits.start
-                if len(magic_pending) < needed:
-                    position += len(chunk)
-                    continue
-                if magic_pending[:needed] != gguf.MAGIC[limits.start:]:
+                verdict = gguf.magic_verdict(magic_pending, limits.start)
+                if verdict is False:
                     magic_pending = b""
                     raise errors.NotGGUF()
+                if verdict is None:
+                    position += len(chunk)
+                    continue
                 chunk, magic_pending = magic_pending, b""
                 position = limits.start
             if chunk:
@@ -163,7 +163,7 @@ async def receive_body(
     finally:
         watchdog.cancel()
     if magic_pending:  # the body ended before the magic was complete
-        if gguf.MAGIC[limits.start:].startswith(magic_pending):
+        if gguf.magic_verdict(magic_pending, limits.start) is not False:
             batch.insert(0, magic_pending)  # an honest prefix of the magic: keep it
         elif stopped is None:
             stopped = errors.NotGGUF()

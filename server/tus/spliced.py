@@ -71,11 +71,10 @@ class SocketPump:
 
     def _receive_magic(self, head: bytes) -> tuple[bytes, str | None]:
         """Reads until the body covers the GGUF magic; an honest prefix of it is kept if the body ends."""
-        expected = gguf.MAGIC[self.limits.start:]
         ended = None
-        while len(head) < len(expected) and self.remaining and ended is None:
+        while gguf.magic_verdict(head, self.limits.start) is None and self.remaining and ended is None:
             try:
-                data = os.read(self.taken.fd, min(self.remaining, len(expected) - len(head)))
+                data = os.read(self.taken.fd, min(self.remaining, len(gguf.MAGIC) - self.limits.start - len(head)))
             except BlockingIOError:
                 ended = self._wait()
                 continue
@@ -85,7 +84,7 @@ class SocketPump:
                 ended = DISCONNECTED
             head += data
             self.remaining -= len(data)
-        if not expected.startswith(head[:len(expected)]):
+        if gguf.magic_verdict(head, self.limits.start) is False:
             raise errors.NotGGUF()
         return head, ended
 

@@ -547,3 +547,12 @@ def test_fuzz_helpers_see_real_files_parse(real_header):
     """The fuzzed seed is itself valid, so mutations start from a header that reaches every section."""
     facts = parse_bytes(real_header)
     assert facts.tensor_count == 3 and facts.expected_end <= len(real_header)
+
+
+def test_magic_verdict_decides_once_the_bytes_cover_the_magic():
+    assert parser.magic_verdict(b"GGUF\x03") is True
+    assert parser.magic_verdict(b"GG") is None and parser.magic_verdict(b"") is None
+    assert parser.magic_verdict(b"X") is False and parser.magic_verdict(b"GGUX") is False
+    assert parser.magic_verdict(b"UF", start=2) is True and parser.magic_verdict(b"U", start=2) is None
+    assert parser.magic_verdict(b"F", start=2) is False
+    assert parser.magic_verdict(b"anything", start=4) is True  # past the magic: nothing left to check
