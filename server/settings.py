@@ -1,7 +1,8 @@
 """The one settings object, shared by `modeldrop serve` and `modeldrop worker`.
 
-Every option is declared once in OPTIONS: that table builds the command-line flags, the environment
-names (`MODELDROP_<NAME>`, plus `REDIS_URL`) and the README's configuration table. Parsing is pure:
+Every option is declared once, as a Settings field: its type, parser, default and help. OPTIONS, read
+back from those fields, builds the command-line flags and the environment names (`MODELDROP_<NAME>`,
+plus `REDIS_URL`); the README's configuration table copies it, and a test keeps the two equal. Parsing is pure:
 `Settings.from_env(environ)` and `Settings.from_args(namespace, environ)` never touch `os.environ`.
 """
 
@@ -122,6 +123,7 @@ class Option:
     flag_kind: str = "value"  # value | switch | repeat
     env: str | None = None
     commands: tuple[str, ...] = ("serve", "worker")
+    shown: str | None = None  # the default as --help and the README say it, when the value alone would mislead
 
     @property
     def flag(self) -> str:
@@ -132,113 +134,99 @@ class Option:
         return self.env or ENV_PREFIX + self.name.upper()
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("host", str, "127.0.0.1", "address to listen on", commands=("serve",)),
-    Option("port", int, 8080, "port to listen on", commands=("serve",)),
-    Option("data_dir", Path, Path("./data"), "base directory; models and staging default to folders in it"),
-    Option("models_dir", Path, None, "directory llama-server reads (default <data-dir>/models)"),
-    Option("staging_dir", Path, None,
-           "where uploads are received; must be on the models filesystem (default <data-dir>/staging)"),
-    Option("redis_url", str, None, "Redis for the RQ finalize queue and cross-host locks; unset = embedded mode",
-           env="REDIS_URL"),
-    Option("token", parse_list, (), "bearer token clients must send (repeat, or comma-separated in the env)",
-           flag_kind="repeat", env="MODELDROP_TOKENS", commands=("serve",)),
-    Option("allow_anonymous", parse_bool, False,
-           "accept uploads without a token on a non-loopback address", flag_kind="switch", commands=("serve",)),
-    Option("max_size", parse_size, 256 * GIB, "largest upload accepted (Tus-Max-Size)", commands=("serve",)),
-    Option("fsync", parse_bool, True, "sync data before reporting an offset (--no-fsync to compare with peers)",
-           flag_kind="switch"),
-    Option("trust_proxy", parse_bool, False, "honour X-Forwarded-Host/-Proto and Forwarded", flag_kind="switch",
-           commands=("serve",)),
-    Option("cors_origins", parse_origins, ("auto",),
-           "other web sites (origins, e.g. https://app.example) whose pages may use this server, comma-separated; "
-           "* for any; auto = any when a token is set, else none (only the server's own web UI)",
-           commands=("serve",)),
-    Option("allowed_hosts", parse_hosts, ("auto",),
-           "host names this server answers to besides localhost and IP addresses (the Host header, or the "
-           "forwarded host with --trust-proxy), comma-separated, *.example.com for subdomains, * for any; "
-           "auto = any when a token is set, else --host",
-           commands=("serve",)),
-    Option("max_header_size", parse_size, 32 * KIB, "largest request line plus headers accepted (431 above)",
-           commands=("serve",)),
-    Option("max_header_lines", int, 100, "most header lines in one request (431 above)", commands=("serve",)),
-    Option("header_timeout", float, 30.0,
-           "seconds a client gets to send a request's headers, from its first byte or its connection",
-           commands=("serve",)),
-    Option("idle_timeout", float, 60.0, "seconds a PATCH may send nothing before it is cut", commands=("serve",)),
-    Option("lock_timeout", float, 10.0, "seconds a request waits for an upload's lock before 423",
-           commands=("serve",)),
-    Option("sync_interval", parse_size, 256 * MIB, "bytes between syncs inside one long PATCH", commands=("serve",)),
-    Option("expire_after", float, 7 * 24 * 3600.0,
-           "seconds an idle unfinished upload (also a partial no final used, or a split set no shard joined), "
-           "or the record of a finished one, is kept"),
-    Option("max_metadata", parse_size, 4 * KIB, "largest Upload-Metadata header accepted", commands=("serve",)),
-    Option("max_uploads", int, 64, "unfinished uploads accepted at once", commands=("serve",)),
-    Option("disk_headroom", parse_size, 1 * GIB, "free space always left on the staging filesystem",
-           commands=("serve",)),
-    Option("allow_overwrite", parse_bool, False, "let a new upload replace an installed model of the same name",
-           flag_kind="switch"),
-    Option("file_mode", parse_mode, 0o644, "permissions of installed models (octal)"),
-    Option("file_uid", int, None, "owner uid for installed models (for the llama-server container)"),
-    Option("file_gid", int, None, "owner gid for installed models"),
-    Option("llama_server_url", str, None, "llama-server in router mode, told to rescan after each install"),
-    Option("llama_api_key", str, None, "API key for llama-server"),
-    Option("workers", int, 1, "server processes (serve) or RQ worker processes (worker)"),
-    Option("shutdown_timeout", float, 10.0, "seconds running requests get to save their bytes on SIGTERM",
-           commands=("serve",)),
-    Option("log_level", str, "info", "debug, info, warning or error"),
-    Option("maintenance_interval", float, 30.0, "seconds between sweeps of expired uploads and requeue checks",
-           commands=("serve",)),
-    Option("stale_after", float, 60.0,
-           "seconds a finished upload's status may stay unchanged, with nobody finalizing it, before it is requeued",
-           commands=("serve",)),
-    Option("web_dir", Path, None,
-           "built web UI served at / (default: the one installed with the package, or web/dist in a checkout)",
-           commands=("serve",)),
-)
+SERVE = ("serve",)
 
-_BY_NAME = {option.name: option for option in OPTIONS}
+
+def setting(parse: Callable[[str], Any], default: Any, help: str, *, flag_kind: str = "value",
+            env: str | None = None, commands: tuple[str, ...] = ("serve", "worker"), shown: str | None = None) -> Any:
+    """A Settings field that is also a flag and an environment variable; OPTIONS reads it back as an Option.
+
+    Typed Any so a field whose default is filled in later (models_dir) keeps its plain type.
+    """
+    return dataclasses.field(default=default, metadata={"option": {
+        "parse": parse, "help": help, "flag_kind": flag_kind, "env": env, "commands": commands, "shown": shown}})
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    data_dir: Path = Path("./data")
-    models_dir: Path = Path("./data/models")
-    staging_dir: Path = Path("./data/staging")
-    redis_url: str | None = None
-    token: tuple[str, ...] = ()
-    allow_anonymous: bool = False
-    max_size: int = 256 * GIB
-    fsync: bool = True
-    trust_proxy: bool = False
-    cors_origins: tuple[str, ...] = ("auto",)
-    allowed_hosts: tuple[str, ...] = ("auto",)
-    max_header_size: int = 32 * KIB
-    max_header_lines: int = 100
-    header_timeout: float = 30.0
-    idle_timeout: float = 60.0
-    lock_timeout: float = 10.0
-    sync_interval: int = 256 * MIB
-    expire_after: float = 7 * 24 * 3600.0
-    max_metadata: int = 4 * KIB
-    max_uploads: int = 64
-    disk_headroom: int = 1 * GIB
-    allow_overwrite: bool = False
-    file_mode: int = 0o644
-    file_uid: int | None = None
-    file_gid: int | None = None
-    llama_server_url: str | None = None
-    llama_api_key: str | None = None
-    workers: int = 1
-    shutdown_timeout: float = 10.0
-    log_level: str = "info"
-    maintenance_interval: float = 30.0
-    stale_after: float = 60.0
-    web_dir: Path | None = None
+    """Every option, declared once: the field's name and type, then its parser, default and help.
 
+    models_dir and staging_dir default to None, meaning folders in data_dir: __post_init__ fills them in,
+    so a Settings always holds Paths there.
+    """
+
+    host: str = setting(str, "127.0.0.1", "address to listen on", commands=SERVE)
+    port: int = setting(int, 8080, "port to listen on", commands=SERVE)
+    data_dir: Path = setting(Path, Path("./data"), "base directory; models and staging default to folders in it",
+                            shown="./data")
+    models_dir: Path = setting(Path, None, "directory llama-server reads", shown="<data-dir>/models")
+    staging_dir: Path = setting(Path, None, "where uploads are received; must be on the models filesystem",
+                               shown="<data-dir>/staging")
+    redis_url: str | None = setting(str, None, "Redis for the RQ finalize queue and cross-host locks; "
+                                   "unset = embedded mode", env="REDIS_URL")
+    token: tuple[str, ...] = setting(parse_list, (), "bearer token clients must send (repeat, or comma-separated in "
+                                    "the env)", flag_kind="repeat", env="MODELDROP_TOKENS", commands=SERVE)
+    allow_anonymous: bool = setting(parse_bool, False, "accept uploads without a token on a non-loopback address",
+                                   flag_kind="switch", commands=SERVE)
+    max_size: int = setting(parse_size, 256 * GIB, "largest upload accepted (Tus-Max-Size)", commands=SERVE)
+    fsync: bool = setting(parse_bool, True, "sync data before reporting an offset (--no-fsync to compare with peers)",
+                         flag_kind="switch")
+    trust_proxy: bool = setting(parse_bool, False, "honour X-Forwarded-Host/-Proto and Forwarded", flag_kind="switch",
+                               commands=SERVE)
+    cors_origins: tuple[str, ...] = setting(
+        parse_origins, ("auto",),
+        "other web sites (origins, e.g. https://app.example) whose pages may use this server, comma-separated; "
+        "* for any; auto = any when a token is set, else none (only the server's own web UI)",
+        commands=SERVE)
+    allowed_hosts: tuple[str, ...] = setting(
+        parse_hosts, ("auto",),
+        "host names this server answers to besides localhost and IP addresses (the Host header, or the "
+        "forwarded host with --trust-proxy), comma-separated, *.example.com for subdomains, * for any; "
+        "auto = any when a token is set, else --host",
+        commands=SERVE)
+    max_header_size: int = setting(parse_size, 32 * KIB, "largest request line plus headers accepted (431 above)",
+                                  commands=SERVE)
+    max_header_lines: int = setting(int, 100, "most header lines in one request (431 above)", commands=SERVE)
+    header_timeout: float = setting(
+        float, 30.0, "seconds a client gets to send a request's headers, from its first byte or its connection",
+        commands=SERVE)
+    idle_timeout: float = setting(float, 60.0, "seconds a PATCH may send nothing before it is cut", commands=SERVE)
+    lock_timeout: float = setting(float, 10.0, "seconds a request waits for an upload's lock before 423",
+                                 commands=SERVE)
+    sync_interval: int = setting(parse_size, 256 * MIB, "bytes between syncs inside one long PATCH", commands=SERVE)
+    expire_after: float = setting(
+        float, 7 * 24 * 3600.0,
+        "seconds an idle unfinished upload (also a partial no final used, or a split set no shard joined), "
+        "or the record of a finished one, is kept")
+    max_metadata: int = setting(parse_size, 4 * KIB, "largest Upload-Metadata header accepted", commands=SERVE)
+    max_uploads: int = setting(int, 64, "unfinished uploads accepted at once", commands=SERVE)
+    disk_headroom: int = setting(parse_size, 1 * GIB, "free space always left on the staging filesystem",
+                                commands=SERVE)
+    allow_overwrite: bool = setting(parse_bool, False, "let a new upload replace an installed model of the same name",
+                                   flag_kind="switch")
+    file_mode: int = setting(parse_mode, 0o644, "permissions of installed models (octal)")
+    file_uid: int | None = setting(int, None, "owner uid for installed models (for the llama-server container)")
+    file_gid: int | None = setting(int, None, "owner gid for installed models")
+    llama_server_url: str | None = setting(str, None, "llama-server in router mode, told to rescan after each install")
+    llama_api_key: str | None = setting(str, None, "API key for llama-server")
+    workers: int = setting(int, 1, "server processes (serve) or RQ worker processes (worker)")
+    shutdown_timeout: float = setting(float, 10.0, "seconds running requests get to save their bytes on SIGTERM",
+                                     commands=SERVE)
+    log_level: str = setting(str, "info", "debug, info, warning or error")
+    maintenance_interval: float = setting(
+        float, 30.0, "seconds between sweeps of expired uploads and requeue checks", commands=SERVE)
+    stale_after: float = setting(
+        float, 60.0,
+        "seconds a finished upload's status may stay unchanged, with nobody finalizing it, before it is requeued",
+        commands=SERVE)
+    web_dir: Path | None = setting(
+        Path, None, "built web UI served at / (unset: the one installed with the package, or web/dist in a checkout)",
+        shown="built-in", commands=SERVE)
     def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        for name, folder in (("models_dir", "models"), ("staging_dir", "staging")):
+            value = getattr(self, name)
+            object.__setattr__(self, name, self.data_dir / folder if value is None else Path(value))
         if self.max_size <= 0:
             raise SettingsError("--max-size must be positive")
         if self.sync_interval < MIB:
@@ -291,14 +279,7 @@ class Settings:
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> Settings:
-        known = {key: value for key, value in values.items() if value is not None}
-        data_dir = Path(known.get("data_dir", cls.data_dir))
-        known["data_dir"] = data_dir
-        known.setdefault("models_dir", data_dir / "models")
-        known.setdefault("staging_dir", data_dir / "staging")
-        for key in ("models_dir", "staging_dir"):
-            known[key] = Path(known[key])
-        return cls(**known)
+        return cls(**{key: value for key, value in values.items() if value is not None})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -332,6 +313,11 @@ class Settings:
                 f"fsync={'on' if self.fsync else 'off'} auth={'token' if self.token else 'none'}")
 
 
+OPTIONS: tuple[Option, ...] = tuple(Option(field.name, default=field.default, **field.metadata["option"])
+                                    for field in dataclasses.fields(Settings) if "option" in field.metadata)
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """Adds every option of `command` to parser; unset flags stay None so the environment can fill them."""
     for option in OPTIONS:
@@ -360,7 +346,10 @@ def _argparse_type(option: Option) -> Callable[[str], Any]:
 
 
 def format_default(option: Option) -> str:
+    """The default as --help and the README's table say it; unless `shown`, parsing it gives the default back."""
     value = option.default
+    if option.shown is not None:
+        return option.shown
     if value is None or value == ():
         return "unset"
     if option.parse is parse_size:
@@ -373,4 +362,6 @@ def format_default(option: Option) -> str:
         return ",".join(value)
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return str(value)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
+import typing
 from pathlib import Path
 
 import pytest
 
-from modeldrop.server.settings import GIB, MIB, Settings, SettingsError, add_arguments, parse_bool, parse_size
+from modeldrop.server.settings import (GIB, MIB, OPTIONS, Settings, SettingsError, add_arguments, format_default,
+                                       parse_bool, parse_size)
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 @pytest.mark.parametrize(("text", "expected"), [("1048576", MIB), ("64MiB", 64 * MIB), ("2g", 2 * GIB),
@@ -88,3 +94,36 @@ def test_settings_describe_hides_the_redis_password(url: str, shown: str) -> Non
     described = Settings.from_env({"REDIS_URL": url}).describe()
     assert "s3cret" not in described
     assert f"mode=redis {shown} " in described
+
+
+def test_settings_every_option_is_a_settings_field_and_every_field_an_option() -> None:
+    fields = {field.name: field for field in dataclasses.fields(Settings)}
+    assert [option.name for option in OPTIONS] == list(fields)
+    for option in OPTIONS:
+        assert option.default == fields[option.name].default, option.name
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda option: option.name)
+def test_settings_option_parser_default_and_field_type_agree(option: typing.Any) -> None:
+    hint = typing.get_type_hints(Settings)[option.name]
+    parsed = option.parse if isinstance(option.parse, type) else typing.get_type_hints(option.parse)["return"]
+    assert hint in (parsed, parsed | None), f"{option.name}: the field is {hint}, its parser gives {parsed}"
+    if option.default is None:
+        # unset is a value only for optional fields; models_dir and staging_dir say what fills them in
+        assert hint == parsed | None or option.shown is not None, option.name
+        assert getattr(Settings(), option.name) is not None or hint == parsed | None
+    else:
+        assert isinstance(option.default, typing.get_origin(parsed) or parsed), option.name
+        if format_default(option) != "unset":  # an empty token list
+            assert option.parse(format_default(option)) == option.default, f"--help misstates {option.flag}'s default"
+
+
+def test_settings_readme_states_every_default() -> None:
+    rows = dict(re.findall(r"^\| `(--[a-z-]+)`[^|]*\| `[A-Z_]+` \| ([^|]+) \|", README, flags=re.MULTILINE))
+    for option in OPTIONS:
+        assert rows[option.flag].strip().strip("`") == format_default(option), f"README: {option.flag}'s default"
+
+
+def test_settings_folders_follow_the_data_dir_unless_given() -> None:
+    settings = Settings(data_dir=Path("/srv/md"), staging_dir=Path("/fast/staging"))
+    assert settings.models_dir == Path("/srv/md/models") and settings.staging_dir == Path("/fast/staging")
