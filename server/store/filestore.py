@@ -524,8 +524,9 @@ class FileStore:
         elif info.is_complete and not info.is_partial:
             report.to_finalize.append(upload_id)
         elif not info.is_complete:
-            if self.durable and paths.data.exists():
-                _fsync_path(paths.data)  # whatever survived the crash is what HEAD will now promise
+            if self.durable and paths.data.exists():  # whatever survived the crash is what HEAD will now promise
+                with contextlib.suppress(PlantedLink), os.fdopen(open_regular(paths.data, os.O_RDONLY), "rb") as data:
+                    os.fsync(data.fileno())
             report.unfinished.append(upload_id)
 
     def sweep(self, expire_after: float, now: float | None = None) -> list[str]:
@@ -788,15 +789,6 @@ def _read_int(path: Path) -> int | None:
         return int(read_nofollow(path).decode().strip())
     except (FileNotFoundError, PlantedLink, ValueError):
         return None
-
-
-def _fsync_path(path: Path) -> None:
-    with contextlib.suppress(PlantedLink):
-        fd = open_regular(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _truncate_path(path: Path, length: int) -> None:
