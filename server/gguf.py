@@ -4,7 +4,8 @@ The header is untrusted input from an upload. Every count and length is checked 
 against what is left of the file *before* it is used, so a hostile header ends in a `GGUFError` with a
 reason a person can read, quickly and in bounded memory. Nothing else escapes `parse_header`.
 
-Layout and rules: docs llama-and-gguf.md §2 (ggml docs/gguf.md) and §3 (split files). Where the spec is
+Layout and rules: the GGUF specification (docs/gguf.md in the ggml repository), and split files as
+llama.cpp's gguf-split writes them (`<name>-00001-of-00003.gguf`, split.* keys). Where the spec is
 loose, this parser follows what llama.cpp's loader (ggml/src/gguf.cpp) refuses, because a file that
 passes here is about to be handed to llama-server:
 - big-endian files are refused (not parsed): llama-server on x86-64/ARM cannot load them;
@@ -113,7 +114,7 @@ QUANTIZATION_NAMES: dict[int, str] = {
     37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0", 1024: "GUESSED",
 }
 
-# Metadata value types (§2.1): fixed-size ones by struct format, plus string and array.
+# The GGUF metadata value types: fixed-size ones by struct format, plus string and array.
 _INTEGER_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 10: "Q", 11: "q"}
 _FIXED_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY, _UINT32 = 8, 9, 4
@@ -609,7 +610,7 @@ def verify_file(path: str | os.PathLike[str], size: int | None = None) -> GGUFFa
     return facts
 
 
-# --- split (sharded) models, §3 -------------------------------------------------------------------------
+# --- split (sharded) models, as gguf-split writes them -----------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -169,8 +169,10 @@ class Settings:
     allow_anonymous: bool = setting(parse_bool, False, "accept uploads without a token on a non-loopback address",
                                    flag_kind="switch", commands=SERVE)
     max_size: int = setting(parse_size, 256 * GIB, "largest upload accepted (Tus-Max-Size)", commands=SERVE)
-    fsync: bool = setting(parse_bool, True, "sync data before reporting an offset (--no-fsync to compare with peers)",
-                         flag_kind="switch")
+    fsync: bool = setting(
+        parse_bool, True,
+        "sync data before reporting an offset (--no-fsync only to compare with servers that never sync)",
+        flag_kind="switch")
     trust_proxy: bool = setting(parse_bool, False, "honour X-Forwarded-Host/-Proto and Forwarded", flag_kind="switch",
                                commands=SERVE)
     cors_origins: tuple[str, ...] = setting(
