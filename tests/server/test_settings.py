@@ -71,7 +71,8 @@ def test_settings_exposure_without_token(values: dict[str, object], refused: boo
     assert (Settings.from_values(values).check_exposure() is not None) is refused
 
 
-@pytest.mark.parametrize("values", [{"max_header_size": 8 * 1024}, {"max_header_size": 64 * 1024, "max_metadata": 60 * 1024},
+@pytest.mark.parametrize("values", [{"max_header_size": 8 * 1024},
+                                    {"max_header_size": 64 * 1024, "max_metadata": 60 * 1024},
                                     {"header_timeout": 0}, {"max_header_lines": 5}])
 def test_settings_request_head_bounds_are_checked(values: dict[str, object]) -> None:
     with pytest.raises(SettingsError):
