@@ -35,6 +35,7 @@ SENDFILE_CLIENT = "sendfile client"
 CLI = "modeldrop upload"
 RSYNC = "rsync --partial over SSH"
 BROWSER = "Uppy in Chromium"
+BROWSER_CEILING = "Chromium, one XHR → a sink"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -253,3 +254,33 @@ def measure_browser(server: Server, source: dict[str, Any]) -> dict[str, Any]:
     if patches:
         result["patch_mbps"] = source["length"] / 1e6 / (patches[-1] - started)
     return result
+
+
+def measure_browser_ceiling(source: dict[str, Any]) -> dict[str, Any]:
+    """Chromium alone: the same file in one XHR PUT to bench/browser_sink.py, which only counts the bytes."""
+    from playwright.sync_api import sync_playwright
+
+    warm(Path(source["path"]))
+    port = free_port()
+    sink = subprocess.Popen([str(PYTHON), "-m", "bench.browser_sink", str(port)], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    playwright = sync_playwright().start()
+    try:
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.set_default_timeout(900_000)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.locator("#file").set_input_files([source["path"]])
+        time.sleep(0.3)
+        started = time.monotonic()
+        received = page.evaluate("sendFile()")
+        ended = time.monotonic()
+        browser.close()
+    finally:
+        playwright.stop()
+        sink.kill()
+        sink.wait(10)
+    if received != source["length"]:
+        raise RuntimeError(f"the sink received {received} bytes of {source['length']}")
+    return {"mbps": source["length"] / 1e6 / (ended - started), "seconds": ended - started}

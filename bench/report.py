@@ -6,7 +6,7 @@ import statistics
 from typing import Any
 
 from bench.limits import MACHINE, TCP_FILE_SHA256
-from bench.paths import BROWSER, CLI, RSYNC, SENDFILE_CLIENT
+from bench.paths import BROWSER, BROWSER_CEILING, CLI, RSYNC, SENDFILE_CLIENT
 from bench.stats import fmt, pair_ratios, summary
 
 PEERS = ("tuspyserver", "tus-node")
@@ -16,6 +16,7 @@ WORKLOAD_NAMES = {"one": "one PATCH", "chunked": "64 MiB PATCHes", "ref4g": "4 G
 Results = dict[str, dict[str, list[dict[str, Any]]]]
 CLI_TO_CLIENT = 0.95  # `modeldrop upload` ≥ this × the neutral sendfile client, to the same server
 CLI_TO_RSYNC = 3.0    # `modeldrop upload` ≥ this × rsync --partial over SSH
+PAGE_TO_CLI = 0.6     # the web page ≥ this × `modeldrop upload`
 
 
 def _col(runs: list[dict[str, Any]], key: str) -> list[float]:
@@ -164,7 +165,13 @@ def _targets(meta: dict[str, Any], results: Results) -> list[str]:
         page = _col(by_path.get(f"{BROWSER} → {server}", []), "mbps")
         if cli and page:
             ratio = statistics.median(pair_ratios(page, cli))
-            rows.append((f"(page) {BROWSER} ÷ `modeldrop upload` ({server})", f"{ratio:.2f}", None))
+            rows.append((f"the page ({BROWSER}) ≥ {PAGE_TO_CLI:g} × `modeldrop upload`, to installed ({server})",
+                         f"{ratio:.2f}", ratio >= PAGE_TO_CLI))
+        ceiling = _col(by_path.get(BROWSER_CEILING, []), "mbps")
+        if page and ceiling:
+            ratio = statistics.median(pair_ratios(page, ceiling))
+            rows.append((f"(reference) the page, to installed, ÷ Chromium's own ceiling ({BROWSER_CEILING}) "
+                         f"({server})", f"{ratio:.2f}", None))
     for workload in ("one", "chunked"):
         by_server = results.get(workload, {})
         name = WORKLOAD_NAMES[workload]
