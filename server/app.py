@@ -33,6 +33,7 @@ from modeldrop.server.metrics import Metrics, method_label
 from modeldrop.server.origins import BrowserGuard, BrowserPolicy, answer_error
 from modeldrop.server.settings import Settings
 from modeldrop.server.store import sets
+from modeldrop.server.store.errors import StoreError
 from modeldrop.server.store.filestore import FileStore
 from modeldrop.server.tus import headers as tus
 from modeldrop.server.tus.assemble import copy_parts
@@ -205,8 +206,8 @@ def create_app(settings: Settings) -> Starlette:
             handler.close()
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={errors.HTTPError: http_error, HTTPException: routing_error,
-                                        Exception: internal_error})
+                    exception_handlers={errors.HTTPError: http_error, StoreError: store_error,
+                                        HTTPException: routing_error, Exception: internal_error})
     app.state.parts = parts
     return app
 
@@ -233,6 +234,12 @@ def error_response(request: Request, status: int, code: str, message: str, heade
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.HTTPError)
     return error_response(request, exc.status, exc.code, exc.message, exc.headers)
+
+
+async def store_error(request: Request, exc: Exception) -> Response:
+    """What the store refused, answered by the one table of server/errors.py, on the tus and API routes alike."""
+    assert isinstance(exc, StoreError)
+    return await http_error(request, errors.from_store(exc))
 
 
 async def routing_error(request: Request, exc: Exception) -> Response:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from modeldrop.server.store import errors as store
+
 
 class HTTPError(Exception):
     status = 500
@@ -56,3 +58,26 @@ InternalError = _error("InternalError", 500, "internal_error", HTTPError.default
 ReadTimeout = _error("ReadTimeout", 500, "read_timeout", "the client sent nothing for too long; bytes so far kept")
 ServiceUnavailable = _error("ServiceUnavailable", 503, "unavailable", "the server is shutting down; retry shortly")
 InsufficientStorage = _error("InsufficientStorage", 507, "insufficient_storage", "not enough free disk space")
+
+
+# The store's refusals as HTTP answers, in one place (tusd: the handler maps its store's errors); the
+# message is the store's own, written for the person uploading.
+STORE_ERRORS: dict[type[store.StoreError], type[HTTPError]] = {
+    store.UploadNotFound: NotFound,
+    store.UploadGone: Gone,
+    store.UploadInUse: InUse,
+    store.PartsNotReady: InvalidHeader,
+    store.NotGGUF: NotGGUF,
+    store.PlantedLinkRefused: Forbidden,
+    store.StorageFull: InsufficientStorage,
+    store.StorageFailed: InternalError,
+}
+
+
+def from_store(exc: store.StoreError) -> HTTPError:
+    """The HTTP answer to a store error: its status and code from STORE_ERRORS, its message from the store."""
+    for kind in type(exc).__mro__:
+        answer = STORE_ERRORS.get(kind)  # type: ignore[call-overload]
+        if answer is not None:
+            return answer(exc.message)
+    return InternalError(exc.message)

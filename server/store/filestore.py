@@ -28,7 +28,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from modeldrop.server import errors
+from modeldrop.server.store import errors
 from modeldrop.server.libc import libc
 from modeldrop.server.store import digest
 from modeldrop.server.store.info import FAILED, QUEUED, TERMINAL_STATES, UPLOAD_ID, UploadInfo
@@ -203,7 +203,7 @@ class FileStore:
     def paths(self, upload_id: str) -> UploadPaths:
         if not UPLOAD_ID.match(upload_id):
             # ids come from URLs: anything else could name a path outside the store
-            raise errors.NotFound()
+            raise errors.UploadNotFound()
         base = self.uploads_dir / upload_id
         return UploadPaths(*(base.with_name(f"{upload_id}.{suffix}") for suffix in
                              ("bin", "info", "status", "sha256", "pending", "gone")))
@@ -231,10 +231,10 @@ class FileStore:
             info = UploadInfo.from_json(read_nofollow(paths.info))
         except FileNotFoundError:
             if paths.gone.exists():
-                raise errors.Gone(self._gone_reason(paths)) from None
-            raise errors.NotFound() from None
+                raise errors.UploadGone(self._gone_reason(paths)) from None
+            raise errors.UploadNotFound() from None
         except PlantedLink as exc:
-            raise errors.Forbidden(exc.strerror) from None
+            raise errors.PlantedLinkRefused(exc.strerror) from None
         try:
             stat = os.lstat(paths.data)
             if not stat_module.S_ISREG(stat.st_mode):
@@ -302,7 +302,7 @@ class FileStore:
             return None
         try:
             return self.load(part.consumed_by)
-        except (errors.HTTPError, OSError, ValueError, KeyError):
+        except (errors.StoreError, OSError, ValueError, KeyError):
             return None  # its final was never created (a crash, or a refused POST): the claim holds nothing
 
     def assembling_into(self, part: UploadInfo) -> str | None:
@@ -321,16 +321,16 @@ class FileStore:
             if holder is None or holder.id == final_id:
                 continue
             if self.read_status(holder.id) is None:
-                raise errors.InUse(f"partial upload {part.id} is being concatenated into upload {holder.id}; a "
+                raise errors.UploadInUse(f"partial upload {part.id} is being concatenated into upload {holder.id}; a "
                                    "partial upload can be part of one final upload only")
-            raise errors.Gone(f"partial upload {part.id} was already concatenated into upload {holder.id}")
+            raise errors.UploadGone(f"partial upload {part.id} was already concatenated into upload {holder.id}")
         for part in parts:
             self.save_info(dataclasses.replace(part, consumed_by=final_id))
 
     def release_parts(self, final_id: str, part_ids: Sequence[str]) -> None:
         """Gives back the partials of a final that could not be made; the caller holds their locks."""
         for part_id in part_ids:
-            with contextlib.suppress(errors.HTTPError, OSError, ValueError, KeyError):
+            with contextlib.suppress(errors.StoreError, OSError, ValueError, KeyError):
                 part = self.load(part_id)
                 if part.consumed_by == final_id:
                     self.save_info(dataclasses.replace(part, consumed_by=None))
@@ -430,13 +430,13 @@ class FileStore:
             if status.get("state") != FAILED:
                 raise
             # a failed upload keeps its record and reason, not its bytes: there is nothing to append to
-            raise errors.Gone(f"this upload failed: {status.get('reason')}; start a new upload") from None
+            raise errors.UploadGone(f"this upload failed: {status.get('reason')}; start a new upload") from None
 
     # -- maintenance ------------------------------------------------------------------------------
 
     def iter_infos(self) -> Iterator[UploadInfo]:
         for upload_id in self.list_ids():
-            with contextlib.suppress(errors.HTTPError, OSError, ValueError, KeyError):
+            with contextlib.suppress(errors.StoreError, OSError, ValueError, KeyError):
                 yield self.load(upload_id)
 
     def open_uploads(self) -> list[UploadInfo]:
@@ -453,7 +453,7 @@ class FileStore:
                     continue
                 try:
                     info = self.load(upload_id)
-                except (errors.HTTPError, OSError, ValueError, KeyError):
+                except (errors.StoreError, OSError, ValueError, KeyError):
                     continue
                 if (self.read_status(upload_id) or {}).get("state") not in TERMINAL_STATES:
                     found.append(info)
@@ -513,7 +513,7 @@ class FileStore:
             report.rolled_back.append(upload_id)
         try:
             info = self.load(upload_id)
-        except (errors.HTTPError, ValueError, KeyError):
+        except (errors.StoreError, ValueError, KeyError):
             return
         status = self.read_status(upload_id)
         state = (status or {}).get("state")
@@ -591,7 +591,7 @@ class UploadWriter:
         try:  # readable too: spliced bytes are hashed from a mapping
             self.fd = open_regular(self.paths.data, os.O_RDWR)
         except PlantedLink as exc:
-            raise errors.Forbidden(exc.strerror) from None
+            raise errors.PlantedLinkRefused(exc.strerror) from None
         self.offset = os.fstat(self.fd).st_size
         self.synced_offset = self.offset
         self.kicked_offset = self.offset

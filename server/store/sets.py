@@ -15,8 +15,9 @@ import os
 import time
 from pathlib import Path
 
-from modeldrop.server import errors, gguf
+from modeldrop.server import gguf
 from modeldrop.server.locks import LockSpace
+from modeldrop.server.store import errors
 from modeldrop.server.store.filestore import FileStore, PlantedLink, read_nofollow, remove_entry
 from modeldrop.server.store.info import TERMINAL_STATES
 
@@ -98,7 +99,7 @@ def _expire(store: FileStore, sets_dir: Path, prefix: str, expire_after: float) 
     reason = (f"the split set {prefix!r} expired: shard(s) {listed} of {count:05d} did not arrive within "
               f"{expire_after:g}s of the last one staged; upload the whole set again")
     for upload_id in members.values():
-        with contextlib.suppress(errors.HTTPError, OSError, ValueError, KeyError):
+        with contextlib.suppress(errors.StoreError, OSError, ValueError, KeyError):
             if (store.read_status(upload_id) or {}).get("state") not in TERMINAL_STATES:
                 store.mark_failed(store.load(upload_id), reason, waiting_for_set=False)
     remove_entry(set_dir)

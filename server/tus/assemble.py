@@ -13,7 +13,8 @@ import errno
 import os
 from collections.abc import Sequence
 
-from modeldrop.server import errors, gguf
+from modeldrop.server import gguf
+from modeldrop.server.store import errors
 from modeldrop.server.store.filestore import FileStore, PlantedLink, open_regular
 from modeldrop.server.store.info import UploadInfo
 
@@ -42,7 +43,7 @@ def create_final(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo
     except FileNotFoundError:
         raise _part_gone(store, parts) from None
     except PlantedLink as exc:
-        raise errors.Forbidden(exc.strerror) from None
+        raise errors.PlantedLinkRefused(exc.strerror) from None
     return store.create(final)
 
 
@@ -66,18 +67,18 @@ def copy_parts(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo])
     try:
         fd_out = open_regular(store.paths(final.id).data, os.O_WRONLY | os.O_TRUNC)
     except PlantedLink as exc:
-        raise errors.Forbidden(exc.strerror) from None
+        raise errors.PlantedLinkRefused(exc.strerror) from None
     try:
         for part in parts:
             with os.fdopen(open_regular(store.paths(part.id).data, os.O_RDONLY), "rb") as source:
                 remaining = os.fstat(source.fileno()).st_size
                 if remaining != part.length:
-                    raise errors.Gone(f"partial upload {part.id} holds {remaining} bytes, not its {part.length}; "
+                    raise errors.UploadGone(f"partial upload {part.id} holds {remaining} bytes, not its {part.length}; "
                                       "the concatenation cannot be made")
                 while remaining:
                     copied = _copy(source.fileno(), fd_out, min(remaining, _COPY_BLOCK))
                     if copied == 0:
-                        raise errors.Gone(f"partial upload {part.id} is shorter than it claimed; the "
+                        raise errors.UploadGone(f"partial upload {part.id} is shorter than it claimed; the "
                                           "concatenation cannot be made")
                     remaining -= copied
         if store.durable:
@@ -85,10 +86,10 @@ def copy_parts(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo])
     except FileNotFoundError:
         raise _part_gone(store, parts) from None
     except PlantedLink as exc:
-        raise errors.Forbidden(exc.strerror) from None
+        raise errors.PlantedLinkRefused(exc.strerror) from None
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise errors.InsufficientStorage("the disk filled up while the concatenation was assembled; free "
+            raise errors.StorageFull("the disk filled up while the concatenation was assembled; free "
                                              "space and create the final upload again") from None
         raise
     finally:
@@ -98,9 +99,9 @@ def copy_parts(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo])
         store.terminate(part.id, f"this partial upload was concatenated into upload {final.id}")
 
 
-def _part_gone(store: FileStore, parts: Sequence[UploadInfo]) -> errors.HTTPError:
+def _part_gone(store: FileStore, parts: Sequence[UploadInfo]) -> errors.StoreError:
     missing = [part.id for part in parts if not store.paths(part.id).data.exists()]
-    return errors.Gone(f"partial upload {', '.join(missing) or '?'} is gone (expired or terminated); the "
+    return errors.UploadGone(f"partial upload {', '.join(missing) or '?'} is gone (expired or terminated); the "
                        "concatenation cannot be made")
 
 

@@ -29,6 +29,7 @@ from modeldrop.server.metrics import Metrics
 from modeldrop.server.settings import Settings
 from modeldrop.server.socket_body import EXTENSION as SOCKET_BODY
 from modeldrop.server.store.cache import UploadCache
+from modeldrop.server.store.errors import StoreError
 from modeldrop.server.store.filestore import FileStore, write_atomic
 from modeldrop.server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, TERMINAL_STATES, UploadInfo
 from modeldrop.server.tus import headers as tus
@@ -218,7 +219,7 @@ class TusHandler:
         try:
             info = await asyncio.to_thread(fill_final, self.store, info, parts)
         except Exception:
-            with contextlib.suppress(errors.HTTPError):
+            with contextlib.suppress(errors.HTTPError, StoreError):
                 async with self._holding(part_ids):
                     await asyncio.to_thread(self.store.release_parts, info.id, part_ids)
             raise

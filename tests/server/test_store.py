@@ -14,6 +14,7 @@ import pytest
 
 from modeldrop.server import errors
 from modeldrop.server.store import digest
+from modeldrop.server.store.errors import StoreError
 from modeldrop.server.store.filestore import UNSTARTED_GRACE, FileStore, write_atomic
 from modeldrop.server.store.info import UploadInfo
 
@@ -52,9 +53,9 @@ def test_store_offset_is_the_data_file_length(store: FileStore) -> None:
 
 def test_store_unknown_or_unsafe_ids_are_404(store: FileStore) -> None:
     for upload_id in ("a" * 32, "../" + "a" * 29, "A" * 32, ""):
-        with pytest.raises(errors.HTTPError) as caught:
+        with pytest.raises(StoreError) as caught:
             store.load(upload_id)
-        assert caught.value.status == 404
+        assert errors.from_store(caught.value).status == 404
 
 
 def test_store_write_atomic_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -238,9 +239,9 @@ def test_store_sweep_expires_idle_unfinished_uploads_as_gone(store: FileStore) -
     now = time.time()
     assert store.sweep(3600, now=now) == []
     assert store.sweep(3600, now=now + 3601) == [idle.id]
-    with pytest.raises(errors.HTTPError) as caught:
+    with pytest.raises(StoreError) as caught:
         store.load(idle.id)
-    assert caught.value.status == 410
+    assert errors.from_store(caught.value).status == 410
     assert not store.paths(idle.id).data.exists()
 
 
@@ -255,9 +256,9 @@ def test_store_sweep_keeps_finished_records_until_they_expire(store: FileStore) 
     assert store.sweep(60, now=now + 61) == [info.id]
     assert not store.paths(info.id).gone.exists() or store.sweep(60, now=now + 1000) == []
     store.sweep(60, now=now + 1000)
-    with pytest.raises(errors.HTTPError) as caught:
+    with pytest.raises(StoreError) as caught:
         store.load(info.id)
-    assert caught.value.status == 404  # the tombstone itself is dropped after 4 × expire_after
+    assert errors.from_store(caught.value).status == 404  # the tombstone itself is dropped after 4 × expire_after
 
 
 def test_store_load_of_a_moved_complete_upload_uses_the_status_offset(store: FileStore) -> None:
@@ -317,10 +318,10 @@ def test_store_data_file_planted_as_link_is_refused_and_the_target_untouched(sto
     outside.write_bytes(b"precious")
     info = new_upload(store)
     plant_link(store.paths(info.id).data, outside)
-    with pytest.raises(errors.HTTPError) as caught:
+    with pytest.raises(StoreError) as caught:
         store.open_writer(store.load(info.id), MIB)
-    assert caught.value.status in (403, 500) and "link" in caught.value.message
-    with pytest.raises(errors.HTTPError):
+    assert errors.from_store(caught.value).status in (403, 500) and "link" in caught.value.message
+    with pytest.raises(StoreError):
         store.open_writer(info, MIB)  # even from a record loaded before the link was planted
     assert outside.read_bytes() == b"precious"
 
@@ -360,9 +361,9 @@ def test_store_sweep_expires_complete_partials_no_final_used(store: FileStore) -
     now = time.time()
     assert store.sweep(3600, now=now + 60) == []
     assert store.sweep(3600, now=now + 3601) == [unused.id]
-    with pytest.raises(errors.HTTPError) as caught:
+    with pytest.raises(StoreError) as caught:
         store.load(unused.id)
-    assert caught.value.status == 410 and "no final upload used it" in caught.value.message
+    assert errors.from_store(caught.value).status == 410 and "no final upload used it" in caught.value.message
     assert not store.paths(unused.id).data.exists()
 
 
@@ -381,9 +382,9 @@ def test_store_sweep_keeps_partials_being_assembled_and_frees_those_already_used
     os.utime(store.paths(assembling.id).data, (later, later))  # its copy is still writing
     assert store.sweep(3600, now=later) == [parts[1].id]
     assert store.load(parts[0].id).consumed_by == assembling.id
-    with pytest.raises(errors.HTTPError) as caught:
+    with pytest.raises(StoreError) as caught:
         store.load(parts[1].id)
-    assert caught.value.status == 410 and assembled.id in caught.value.message
+    assert errors.from_store(caught.value).status == 410 and assembled.id in caught.value.message
 
 
 def test_store_a_partial_belongs_to_one_final(store: FileStore) -> None:
@@ -391,9 +392,9 @@ def test_store_a_partial_belongs_to_one_final(store: FileStore) -> None:
     write(store, part, b"GGUF")
     first = new_upload(store, length=4, concat="final", parts=(part.id,))
     store.claim_parts(first.id, [store.load(part.id)])
-    with pytest.raises(errors.HTTPError) as caught:
+    with pytest.raises(StoreError) as caught:
         store.claim_parts(store.new_id(), [store.load(part.id)])
-    assert caught.value.status == 409 and first.id in caught.value.message
+    assert errors.from_store(caught.value).status == 409 and first.id in caught.value.message
     assert store.assembling_into(store.load(part.id)) == first.id
     store.release_parts(first.id, [part.id])
     assert store.load(part.id).consumed_by is None
@@ -410,9 +411,9 @@ def test_store_failed_upload_keeps_its_record_and_reason_not_its_bytes(store: Fi
     assert store.load(info.id).offset == 14
     assert store.read_status(info.id)["reason"] == "the GGUF header is truncated"
     assert store.open_uploads() == []
-    with pytest.raises(errors.HTTPError) as caught:
+    with pytest.raises(StoreError) as caught:
         store.open_writer(store.load(info.id), MIB)
-    assert caught.value.status == 410 and "truncated" in caught.value.message
+    assert errors.from_store(caught.value).status == 410 and "truncated" in caught.value.message
     cut_short = new_upload(store, length=100)  # a crash between the failed status and the unlink
     write(store, cut_short, b"GGUF")
     store.write_status(cut_short.id, state="failed", reason="bad header", offset=4)
