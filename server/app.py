@@ -33,10 +33,10 @@ from modeldrop.server.metrics import Metrics, method_label
 from modeldrop.server.origins import BrowserGuard, BrowserPolicy, answer_error
 from modeldrop.server.settings import Settings
 from modeldrop.server.store import sets
+from modeldrop.server.store.concat import copy_parts
 from modeldrop.server.store.errors import StoreError
 from modeldrop.server.store.filestore import FileStore
 from modeldrop.server.tus import headers as tus
-from modeldrop.server.tus.assemble import copy_parts
 from modeldrop.server.tus.handler import BASE_PATH, STATUS_HEADER, TusHandler
 
 log = logging.getLogger("modeldrop.app")

@@ -28,12 +28,12 @@ from modeldrop.server.locks.locker import AsyncLocker
 from modeldrop.server.metrics import Metrics
 from modeldrop.server.settings import Settings
 from modeldrop.server.socket_body import EXTENSION as SOCKET_BODY
+from modeldrop.server.store import concat
 from modeldrop.server.store.cache import UploadCache
 from modeldrop.server.store.errors import StoreError
 from modeldrop.server.store.filestore import FileStore, write_atomic
 from modeldrop.server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, TERMINAL_STATES, UploadInfo
 from modeldrop.server.tus import headers as tus
-from modeldrop.server.tus.assemble import create_final, fill_final
 from modeldrop.server.tus.body import BodyLimits, Interruption, receive_body, stopped_error
 from modeldrop.server.tus.spliced import receive_from_socket
 
@@ -183,41 +183,21 @@ class TusHandler:
         return Response(status_code=201, headers=response_headers)
 
     async def _create_final(self, request: Request, info: UploadInfo, urls: tuple[str, ...]) -> Response:
-        part_ids = []
-        for url in urls:
-            part_id = tus.upload_id_from_url(url, BASE_PATH)
-            if part_id is None:
-                raise errors.InvalidHeader(f"Upload-Concat names {url[:80]!r}, which is not an upload of this server")
-            if part_id in part_ids:
-                raise errors.InvalidHeader(f"Upload-Concat lists partial upload {part_id} twice; a partial upload can "
-                                           "be used once")
-            part_ids.append(part_id)
+        """Concatenation: the store assembles the final; this request holds the partials' locks meanwhile."""
+        part_ids = tus.concat_part_ids(urls, BASE_PATH)
         async with self._holding(part_ids):
             parts = [await self._load(part_id) for part_id in part_ids]
-            for part in parts:
-                if not part.is_partial:
-                    raise errors.InvalidHeader(f"upload {part.id} was not created with Upload-Concat: partial")
-                if not part.is_complete:
-                    raise errors.InvalidHeader(f"partial upload {part.id} is not complete yet "
-                                               "(concatenation-unfinished is not supported)")
-            length = sum(part.length or 0 for part in parts)
+            length = concat.final_length(parts)
             if length > self.settings.max_size:
                 raise errors.TooLarge(f"the concatenated upload would be {length} bytes; at most "
                                       f"{self.settings.max_size} are accepted")
             if length == 0:
                 raise errors.NotGGUF("an empty file is not a GGUF model")
-            await asyncio.to_thread(self.store.claim_parts, info.id, parts)
             info = dataclasses.replace(info, length=length, parts=tuple(part_ids))
-            try:
-                # admitted after the claim, so the partials this final replaces no longer take upload slots;
-                # created before their locks go, so a DELETE never finds a claim whose final is not there yet
-                info = await asyncio.to_thread(self.admission.admit, length,
-                                               functools.partial(create_final, self.store, info, parts))
-            except Exception:
-                await asyncio.to_thread(self.store.release_parts, info.id, part_ids)
-                raise
+            info = await asyncio.to_thread(concat.begin_final, self.store, info, parts,
+                                           functools.partial(self.admission.admit, length))
         try:
-            info = await asyncio.to_thread(fill_final, self.store, info, parts)
+            info = await asyncio.to_thread(concat.fill_final, self.store, info, parts)
         except Exception:
             with contextlib.suppress(errors.HTTPError, StoreError):
                 async with self._holding(part_ids):

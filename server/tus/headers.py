@@ -8,7 +8,7 @@ import dataclasses
 import hashlib
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from modeldrop.server import errors
 from modeldrop.server.store.info import UPLOAD_ID
@@ -198,6 +198,20 @@ def upload_id_from_url(url: str, base_path: str) -> str | None:
         return None
     candidate = path[len(base_path):]
     return candidate if UPLOAD_ID.fullmatch(candidate) else None
+
+
+def concat_part_ids(urls: Sequence[str], base_path: str) -> list[str]:
+    """The ids of the partial uploads a final Upload-Concat lists, each an upload of this server, each once."""
+    part_ids: list[str] = []
+    for url in urls:
+        part_id = upload_id_from_url(url, base_path)
+        if part_id is None:
+            raise errors.InvalidHeader(f"Upload-Concat names {url[:80]!r}, which is not an upload of this server")
+        if part_id in part_ids:
+            raise errors.InvalidHeader(f"Upload-Concat lists partial upload {part_id} twice; a partial upload can "
+                                       "be used once")
+        part_ids.append(part_id)
+    return part_ids
 
 
 def parse_forwarded(headers: Mapping[str, str]) -> tuple[str | None, str | None]:

@@ -1,4 +1,4 @@
-"""server/tus/assemble.py on a tmp store: a final that cannot be made is not left behind; and, with the app
+"""server/store/concat.py on a tmp store: a final that cannot be made is not left behind; and, with the app
 called in-process so the moment can be held open, a DELETE of a partial while its final is being created."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from modeldrop.server.settings import Settings
 from modeldrop.server.store.errors import StoreError
 from modeldrop.server.store.filestore import FileStore
 from modeldrop.server.store.info import UploadInfo
-from modeldrop.server.tus import assemble
+from modeldrop.server.store import concat
 from tests.support.loop import run_scenario
 from tests.support.tus import PATCH_TYPE, TUS_VERSION, encode_metadata, gguf_bytes
 
@@ -42,16 +42,16 @@ def test_assemble_a_partial_gone_mid_copy_is_410_and_leaves_no_final(store: File
     first, second = complete_partial(store, b"GGUF" + bytes(100)), complete_partial(store, bytes(100))
     final = UploadInfo(id=store.new_id(), length=204, filename="m.gguf", created_at=time.time(), concat="final",
                        parts=(first.id, second.id))
-    copy = assemble._copy
+    copy = concat._copy
 
     def copy_then_lose_the_second(fd_in: int, fd_out: int, count: int) -> int:
         copied = copy(fd_in, fd_out, count)
         store.paths(second.id).data.unlink(missing_ok=True)  # expired or deleted meanwhile
         return copied
 
-    monkeypatch.setattr(assemble, "_copy", copy_then_lose_the_second)
+    monkeypatch.setattr(concat, "_copy", copy_then_lose_the_second)
     with pytest.raises(StoreError) as caught:
-        assemble.fill_final(store, assemble.create_final(store, final, [first, second]), [first, second])
+        concat.fill_final(store, concat.create_final(store, final, [first, second]), [first, second])
     assert errors.from_store(caught.value).status == 410 and second.id in caught.value.message
     # no final left in receiving: it would hold an upload slot and its disk reservation
     assert final.id not in store.list_ids() and not store.paths(final.id).data.exists()
@@ -62,7 +62,7 @@ def test_assemble_frees_the_partials_once_the_final_holds_their_bytes(store: Fil
     first, second = complete_partial(store, b"GGUF" + bytes(10)), complete_partial(store, b"abc")
     final = UploadInfo(id=store.new_id(), length=17, filename="m.gguf", created_at=time.time(), concat="final",
                        parts=(first.id, second.id))
-    made = assemble.fill_final(store, assemble.create_final(store, final, [first, second]), [first, second])
+    made = concat.fill_final(store, concat.create_final(store, final, [first, second]), [first, second])
     assert store.paths(made.id).data.read_bytes() == b"GGUF" + bytes(10) + b"abc"
     assert store.read_status(made.id)["state"] == "queued"
     for part in (first, second):
@@ -126,14 +126,14 @@ def test_assemble_does_not_write_through_a_final_data_file_planted_as_a_link(sto
     outside = tmp_path / "outside.bin"
     outside.write_bytes(b"precious")
     part = complete_partial(store, b"GGUF" + bytes(100))
-    final = assemble.create_final(store, UploadInfo(id=store.new_id(), length=104, filename="m.gguf",
-                                                    created_at=time.time(), concat="final", parts=(part.id,)),
-                                  [part])
+    final = concat.create_final(store, UploadInfo(id=store.new_id(), length=104, filename="m.gguf",
+                                                  created_at=time.time(), concat="final", parts=(part.id,)),
+                                [part])
     data = store.paths(final.id).data
     data.unlink()
     data.symlink_to(outside)
     with pytest.raises(StoreError) as caught:
-        assemble.fill_final(store, final, [part])
+        concat.fill_final(store, final, [part])
     assert errors.from_store(caught.value).status < 500 and "link" in caught.value.message
     assert outside.read_bytes() == b"precious"
 
@@ -148,6 +148,6 @@ def test_assemble_does_not_read_a_partial_through_a_planted_link(store: FileStor
     final = UploadInfo(id=store.new_id(), length=64, filename="m.gguf", created_at=time.time(), concat="final",
                        parts=(part.id,))
     with pytest.raises(StoreError) as caught:
-        assemble.fill_final(store, assemble.create_final(store, final, [part]), [part])
+        concat.fill_final(store, concat.create_final(store, final, [part]), [part])
     assert errors.from_store(caught.value).status < 500 and "link" in caught.value.message
     assert not store.paths(final.id).data.exists() or b"secret" not in store.paths(final.id).data.read_bytes()

@@ -1,4 +1,8 @@
-"""Concatenation: building a final upload from its partial uploads (tus-js-client's parallelUploads).
+"""Concatenation, a store operation (tusd's ConcaterDataStore): a final upload built from partial uploads.
+
+The tus handler parses Upload-Concat, holds the partials' locks and calls, in order: final_length (the
+partials can make a final), begin_final (claims them and creates the final's record), fill_final (copies
+them in). copy_parts also resumes an assembly a crash cut short.
 
 `os.copy_file_range` copies inside the kernel (and shares extents on filesystems that reflink), so the
 bytes are not pulled through Python. Each partial is claimed by its final before the copy (see
@@ -11,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from modeldrop.server import gguf
 from modeldrop.server.store import errors
@@ -19,6 +23,33 @@ from modeldrop.server.store.filestore import FileStore, PlantedLink, open_regula
 from modeldrop.server.store.info import UploadInfo
 
 _COPY_BLOCK = 1 << 30
+
+
+def final_length(parts: Sequence[UploadInfo]) -> int:
+    """The length of a final made of parts, once each is a complete partial upload."""
+    for part in parts:
+        if not part.is_partial:
+            raise errors.PartsNotReady(f"upload {part.id} was not created with Upload-Concat: partial")
+        if not part.is_complete:
+            raise errors.PartsNotReady(f"partial upload {part.id} is not complete yet "
+                                       "(concatenation-unfinished is not supported)")
+    return sum(part.length or 0 for part in parts)
+
+
+def begin_final(store: FileStore, final: UploadInfo, parts: Sequence[UploadInfo],
+                admit: Callable[[Callable[[], UploadInfo]], UploadInfo]) -> UploadInfo:
+    """Claims the partials for final, then has `admit` run create_final; the claims are given back if it fails.
+
+    The caller holds the partials' locks. Admitted after the claim, so the partials this final replaces
+    no longer take upload slots; created before their locks go, so a DELETE never finds a claim whose
+    final is not there yet.
+    """
+    store.claim_parts(final.id, parts)
+    try:
+        return admit(lambda: create_final(store, final, parts))
+    except Exception:
+        store.release_parts(final.id, [part.id for part in parts])
+        raise
 
 
 def first_bytes(store: FileStore, parts: Sequence[UploadInfo], count: int) -> bytes:
