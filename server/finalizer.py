@@ -15,7 +15,7 @@ from typing import Protocol
 from modeldrop.server.locks import LockSpace
 from modeldrop.server.settings import Settings
 from modeldrop.server.store.filestore import FileStore
-from modeldrop.server.store.info import TERMINAL_STATES
+from modeldrop.server.store.lifecycle import State
 
 JOB = "modeldrop.worker.finalize.finalize_upload"
 QUEUE_NAME = "modeldrop-finalize"
@@ -163,12 +163,12 @@ def requeue_stuck(store: FileStore, finalizer: Finalizer, locks: LockSpace, ids:
             continue
         if info.is_partial or not info.is_complete:
             continue
-        status = store.read_status(upload_id) or {}
-        if status.get("state") in TERMINAL_STATES or (info.is_final and not status):
-            continue
-        if status.get("waiting_for_set"):
-            continue  # a staged shard: the set's last shard publishes it
-        if ids is None and now - float(status.get("updated_at", 0)) < stale_after:
+        status = store.read_status(upload_id)
+        if status is None and info.is_final:
+            continue  # being assembled: its assembly queues it
+        if status is not None and (status.terminal or status.waiting_for_set):
+            continue  # done, or a staged shard: the set's last shard publishes it
+        if ids is None and status is not None and now - status.updated_at < stale_after:
             continue
         held = locks.try_acquire(finalize_lock_name(upload_id))
         if held is None:
@@ -176,7 +176,7 @@ def requeue_stuck(store: FileStore, finalizer: Finalizer, locks: LockSpace, ids:
         held.release()
         if finalizer.will_run(upload_id, grace=stale_after):
             continue  # waiting in the queue for a worker
-        if not status:
+        if status is None or status.state is State.RECEIVING:
             store.mark_queued(info)
         # nobody holds the lock and no worker will take the job on its own, whatever RQ calls it (queued in
         # a dead reader's hands, started by a killed worker): replace it. A duplicate run is harmless, it

@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from modeldrop.server.store.filestore import FileStore
+from modeldrop.server.store.lifecycle import State, UploadStatus
 
 FINALIZE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 # a label per method a client makes up would grow /metrics without bound
@@ -51,17 +52,16 @@ class _StoreCollector(Collector):
         self.queue_depth = queue_depth
 
     def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
-        states: dict[str, int] = {}
-        durations: dict[str, list[float]] = {"installed": [], "failed": []}
+        states = {state: 0 for state in State}
+        durations: dict[State, list[float]] = {State.INSTALLED: [], State.FAILED: []}
         for upload_id in self.store.list_ids():
-            status = self.store.read_status(upload_id) or {"state": "receiving"}
-            state = str(status.get("state"))
-            states[state] = states.get(state, 0) + 1
-            if state in durations and isinstance(status.get("duration"), (int, float)):
-                durations[state].append(float(status["duration"]))
+            status = self.store.read_status(upload_id) or UploadStatus()
+            states[status.state] += 1
+            if status.state in durations and status.duration is not None:
+                durations[status.state].append(status.duration)
         by_state = GaugeMetricFamily("modeldrop_uploads", "uploads known to the store, by state", labels=["state"])
-        for state in ("receiving", "queued", "verifying", "installed", "failed"):
-            by_state.add_metric([state], states.get(state, 0))
+        for state, count in states.items():
+            by_state.add_metric([state.value], count)
         yield by_state
         depth = GaugeMetricFamily("modeldrop_finalize_queue_depth", "uploads waiting for the finalizer")
         try:
@@ -74,5 +74,5 @@ class _StoreCollector(Collector):
         for outcome, values in durations.items():
             buckets = [(str(bound), sum(1 for v in values if v <= bound)) for bound in FINALIZE_BUCKETS]
             buckets.append(("+Inf", len(values)))
-            histogram.add_metric([outcome], buckets, sum(values))
+            histogram.add_metric([outcome.value], buckets, sum(values))
         yield histogram

@@ -29,7 +29,8 @@ from modeldrop.server.settings import Settings
 from modeldrop.server.store import sets
 from modeldrop.server.store.filestore import (FileStore, PlantedLink, fsync_directory, open_regular, real_directory,
                                               remove_entry, write_atomic)
-from modeldrop.server.store.info import INSTALLED, TERMINAL_STATES, VERIFYING, UploadInfo
+from modeldrop.server.store.info import UploadInfo
+from modeldrop.server.store.lifecycle import SetProgress, State, UploadStatus
 from modeldrop.worker.publish import NameTaken, identity, notify_llama_server, publish, same_file, set_permissions
 
 log = logging.getLogger("modeldrop.finalize")
@@ -94,7 +95,8 @@ def finalize_upload(upload_id: str) -> dict[str, Any]:
     with _holding(ctx.locks, finalize_lock_name(upload_id), LOCK_WAIT) as held:
         if held is None:
             raise Busy(f"upload {upload_id} is being finalized by another process")
-        return _finalize(ctx, upload_id)
+        status = _finalize(ctx, upload_id)
+    return {} if status is None else status.to_record()  # RQ keeps it in Redis: plain JSON types
 
 
 class _Guard:
@@ -193,11 +195,11 @@ class Rejected(Exception):
     """The upload cannot become a model; the message is the reason shown to the user."""
 
 
-def _finalize(ctx: Context, upload_id: str) -> dict[str, Any]:
+def _finalize(ctx: Context, upload_id: str) -> UploadStatus | None:
     store = ctx.store
     info = store.load(upload_id)
-    status = store.read_status(upload_id) or {}
-    if status.get("state") in TERMINAL_STATES:
+    status = store.read_status(upload_id)
+    if status is not None and status.terminal:
         return status
     data = store.paths(upload_id).data
     if os.path.islink(data):  # planted in place of the data: nothing is verified or published through it
@@ -206,14 +208,16 @@ def _finalize(ctx: Context, upload_id: str) -> dict[str, Any]:
         log.warning("upload=%s is not complete (%s of %s bytes); nothing to finalize", upload_id, info.offset,
                     info.length)
         return status
-    attempts = int(status.get("attempts", 0)) + 1
+    if status is None or status.state is State.RECEIVING:
+        status = store.mark_queued(info)  # complete, but its record was lost with a crash: it starts as queued
+    attempts = status.attempts + 1
     if attempts > MAX_ATTEMPTS:
-        return _fail(ctx, info, f"installing failed {MAX_ATTEMPTS} times; last error: {status.get('last_error')}")
-    started = float(status.get("started_at") or time.time())
-    store.write_status(upload_id, state=VERIFYING, attempts=attempts, started_at=started, progress=0.0)
+        return _fail(ctx, info, f"installing failed {MAX_ATTEMPTS} times; last error: {status.last_error}")
+    started = status.started_at or time.time()
+    status = store.write_status(upload_id, State.VERIFYING, attempts=attempts, started_at=started, progress=0.0)
     log.info("verifying upload=%s filename=%s attempt=%d", upload_id, info.filename, attempts)
     try:
-        return _install(ctx, info, store.read_status(upload_id) or {})
+        return _install(ctx, info, status)
     except Rejected as exc:
         _confirm_locks()  # a job that lost its lock records nothing: another one owns the outcome now
         return _fail(ctx, info, str(exc))
@@ -224,7 +228,7 @@ def _finalize(ctx: Context, upload_id: str) -> dict[str, Any]:
         raise
 
 
-def _install(ctx: Context, info: UploadInfo, status: dict[str, Any]) -> dict[str, Any]:
+def _install(ctx: Context, info: UploadInfo, status: UploadStatus) -> UploadStatus | None:
     assert info.filename is not None
     data = ctx.store.paths(info.id).data
     try:
@@ -251,7 +255,7 @@ def _install(ctx: Context, info: UploadInfo, status: dict[str, Any]) -> dict[str
         settings = ctx.settings
         set_permissions(fd, settings.file_mode, settings.file_uid, settings.file_gid)
         stat = os.fstat(fd)
-        verified = [stat.st_dev, stat.st_ino]
+        verified = (stat.st_dev, stat.st_ino)
     finally:
         os.close(fd)
     ctx.store.write_status(info.id, sha256=digest, gguf=public_facts(facts), progress=1.0, publish_inode=verified)
@@ -280,14 +284,14 @@ def _fd_path(fd: int, fallback: Path) -> Path:
     return proc if proc.exists() else fallback
 
 
-def _check_still(path: Path, verified: list[int]) -> None:
+def _check_still(path: Path, verified: tuple[int, int]) -> None:
     """Right before a rename: the name still holds the verified file, not a link or file swapped in since."""
     if identity(path) != verified:
         raise Rejected(f"{path.name} in staging was replaced after it was verified (by something other than this "
                        "server); it was not installed")
 
 
-def _check_published(target: Path, verified: list[int], staging: Path) -> None:
+def _check_published(target: Path, verified: tuple[int, int], staging: Path) -> None:
     """After the rename: what landed in models/ is the verified file; a swap that won the race between the
     check above and the rename is taken back out at once."""
     if identity(target) == verified:
@@ -358,15 +362,15 @@ def _sha256(ctx: Context, info: UploadInfo, data: Path) -> str:
     return sha256_of(data, report)
 
 
-def _has_inode(path: Path, inode: list[int] | None) -> bool:
+def _has_inode(path: Path, inode: tuple[int, ...] | None) -> bool:
     """Whether path is the very file recorded before the move (same device and inode)."""
     return bool(inode) and identity(path) == inode
 
 
-def _resume_after_move(ctx: Context, info: UploadInfo, status: dict[str, Any],
-                       shard: gguf.ShardName | None) -> dict[str, Any]:
+def _resume_after_move(ctx: Context, info: UploadInfo, status: UploadStatus,
+                       shard: gguf.ShardName | None) -> UploadStatus | None:
     """The data left staging before the outcome was recorded: find where it went by its inode."""
-    inode = status.get("publish_inode")
+    inode = status.publish_inode
     assert info.filename is not None
     if shard is None:
         target = ctx.models_dir / info.filename
@@ -380,7 +384,7 @@ def _resume_after_move(ctx: Context, info: UploadInfo, status: dict[str, Any],
                 _record_set_installed(ctx, shard)
             else:  # the set was recorded before the crash, all but this shard's status
                 _record_installed(ctx, info, published, shard.prefix, notify=False)
-        return ctx.store.read_status(info.id) or {}
+        return ctx.store.read_status(info.id)
     staged = ctx.sets_dir / shard.prefix / info.filename
     if staged.exists():
         return _stage_shard(ctx, info, shard, None)
@@ -412,7 +416,7 @@ def _holding_set(ctx: Context, prefix: str) -> Iterator[None]:
 
 
 def _stage_shard(ctx: Context, info: UploadInfo, shard: gguf.ShardName, data: Path | None,
-                 verified: list[int] | None = None) -> dict[str, Any]:
+                 verified: tuple[int, int] | None = None) -> UploadStatus | None:
     """Adds a verified shard to its set in staging; publishes the set when every shard is there."""
     set_dir = ctx.sets_dir / shard.prefix
     with _holding_set(ctx, shard.prefix):
@@ -437,21 +441,22 @@ def _stage_shard(ctx: Context, info: UploadInfo, shard: gguf.ShardName, data: Pa
             _fail_quietly(ctx, previous, f"replaced by a newer upload of the same shard ({info.id})")
         present = sorted(int(number) for number in members)
         missing = gguf.missing_shards(present, shard.count)
-        set_info = {"prefix": shard.prefix, "count": shard.count, "present": present, "missing": missing}
+        set_info = SetProgress(shard.prefix, shard.count, tuple(present), tuple(missing))
         if missing:
             listed = ", ".join(f"{number:05d}" for number in missing)
             log.info("upload=%s shard %d of %d staged; waiting for %s", info.id, shard.number, shard.count, listed)
             detail = f"verified; waiting for shard(s) {listed} of {shard.count:05d}"
             for other in set(members.values()) - {info.id}:  # the shards staged before still wait, for fewer
                 with contextlib.suppress(Exception):
-                    if (ctx.store.read_status(other) or {}).get("waiting_for_set"):
-                        ctx.store.write_status(other, set=set_info, detail=detail)
-            return ctx.store.write_status(info.id, state=VERIFYING, waiting_for_set=True, set=set_info,
+                    other_status = ctx.store.read_status(other)
+                    if other_status is not None and other_status.waiting_for_set:
+                        ctx.store.write_status(other, split_set=set_info, detail=detail)
+            return ctx.store.write_status(info.id, State.VERIFYING, waiting_for_set=True, split_set=set_info,
                                           staged=str(set_dir / info.filename), reason=None,  # type: ignore[operator]
                                           detail=detail)
-        ctx.store.write_status(info.id, set=set_info, waiting_for_set=False)
+        ctx.store.write_status(info.id, split_set=set_info, waiting_for_set=False)
         _publish_set(ctx, shard, set_dir, members)
-    return ctx.store.read_status(info.id) or {}
+    return ctx.store.read_status(info.id)
 
 
 def _publish_set(ctx: Context, shard: gguf.ShardName, set_dir: Path, members: dict[str, str]) -> None:
@@ -506,9 +511,9 @@ def _record_set_installed(ctx: Context, shard: gguf.ShardName) -> None:
     for _, upload_id in sorted(members.items(), key=lambda item: int(item[0])):
         with contextlib.suppress(Exception):
             member = ctx.store.load(upload_id)
-            status = ctx.store.read_status(upload_id) or {}
-            digests[member.filename] = status.get("sha256")
-            if status.get("state") not in TERMINAL_STATES:
+            status = ctx.store.read_status(upload_id) or UploadStatus()
+            digests[member.filename] = status.sha256
+            if not status.terminal:
                 _record_installed(ctx, member, target / str(member.filename), shard.prefix, notify=False)
     ctx.catalog.write_record(shard.prefix, shard_sha256=digests, installed_at=time.time(),
                              upload_ids=sorted(members.values()))
@@ -523,19 +528,20 @@ def _record_set_installed(ctx: Context, shard: gguf.ShardName) -> None:
 # -- outcomes -------------------------------------------------------------------------------------
 
 
-def _record_installed(ctx: Context, info: UploadInfo, target: Path, entry: str, notify: bool = True) -> dict[str, Any]:
-    status = ctx.store.read_status(info.id) or {}
+def _record_installed(ctx: Context, info: UploadInfo, target: Path, entry: str,
+                      notify: bool = True) -> UploadStatus | None:
+    status = ctx.store.read_status(info.id) or UploadStatus()
     now = time.time()
     stat = os.lstat(target)
     model_id = _model_id(entry)
     ctx.store.write_status(
-        info.id, state=INSTALLED, reason=None, progress=1.0, final_name=str(target.relative_to(ctx.models_dir)),
-        model=model_id, installed_at=now, duration=round(now - float(status.get("started_at", now)), 3),
+        info.id, State.INSTALLED, reason=None, progress=1.0, final_name=str(target.relative_to(ctx.models_dir)),
+        model=model_id, installed_at=now, duration=round(now - (status.started_at or now), 3),
         waiting_for_set=False, offset=info.length,
     )
     ctx.store.remove_data(info.id)
     if entry == target.name:
-        ctx.catalog.write_record(entry, sha256=status.get("sha256"), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+        ctx.catalog.write_record(entry, sha256=status.sha256, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
                                  upload_id=info.id, installed_at=now)
     for part in info.parts:  # a concatenation's partials are no longer needed once the final is installed
         with contextlib.suppress(Exception):
@@ -544,7 +550,7 @@ def _record_installed(ctx: Context, info: UploadInfo, target: Path, entry: str, 
     if notify:
         outcome = _notify(ctx, entry)
         ctx.store.write_status(info.id, llama_server=outcome)
-    return ctx.store.read_status(info.id) or {}
+    return ctx.store.read_status(info.id)
 
 
 def _notify(ctx: Context, entry: str) -> dict[str, Any] | None:
@@ -561,17 +567,15 @@ def _model_id(entry: str) -> str:
     return model_id(entry)
 
 
-def _fail(ctx: Context, info: UploadInfo, reason: str) -> dict[str, Any]:
-    status = ctx.store.read_status(info.id) or {}
+def _fail(ctx: Context, info: UploadInfo, reason: str) -> UploadStatus:
+    status = ctx.store.read_status(info.id) or UploadStatus()
     now = time.time()
     log.info("failed upload=%s filename=%s: %s", info.id, info.filename, reason)
-    return ctx.store.mark_failed(info, reason, waiting_for_set=False,
-                                 duration=round(now - float(status.get("started_at", now)), 3))
+    return ctx.store.mark_failed(info, reason, duration=round(now - (status.started_at or now), 3))
 
 
 def _fail_quietly(ctx: Context, upload_id: str, reason: str) -> None:
     with contextlib.suppress(Exception):
         info = ctx.store.load(upload_id)
-        status = ctx.store.read_status(upload_id) or {}
-        if status.get("state") not in TERMINAL_STATES:
+        if not ctx.store.state(upload_id).terminal:
             _fail(ctx, info, reason)

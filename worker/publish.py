@@ -110,7 +110,7 @@ def set_permissions(fd: int, mode: int, uid: int | None, gid: int | None) -> Non
     os.fchmod(fd, mode)
 
 
-def identity(path: Path) -> list[int] | None:
+def identity(path: Path) -> tuple[int, int] | None:
     """[device, inode]: the same file under whatever name it has now; None if nothing is at path.
 
     Of the entry itself, never of what a link there points to (lstat).
@@ -119,7 +119,7 @@ def identity(path: Path) -> list[int] | None:
         stat = os.lstat(path)
     except FileNotFoundError:
         return None
-    return [stat.st_dev, stat.st_ino]
+    return (stat.st_dev, stat.st_ino)
 
 
 def same_file(a: Path, b: Path) -> bool:

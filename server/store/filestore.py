@@ -3,7 +3,7 @@
 Layout under `<staging>/uploads/`, per upload id:
   <id>.bin      the bytes received; its length IS the offset (tusd's filestore rule)
   <id>.info     UploadInfo as JSON, written atomically (temp file, fsync, rename)
-  <id>.status   finalize status as JSON (queued, verifying, installed, failed), written atomically
+  <id>.status   finalize status (lifecycle.UploadStatus) as JSON, written atomically; none while receiving
   <id>.sha256   checkpoint of the running sha256 at a durable offset (8-byte offset + OpenSSL state)
   <id>.pending  start offset of a PATCH that carries Upload-Checksum, so a crash can roll it back
   <id>.gone     tombstone of a terminated or expired upload, so it answers 410 rather than 404
@@ -26,12 +26,13 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Unpack
 
 from modeldrop.server.store import errors
 from modeldrop.server.libc import libc
 from modeldrop.server.store import digest
-from modeldrop.server.store.info import FAILED, QUEUED, TERMINAL_STATES, UPLOAD_ID, UploadInfo
+from modeldrop.server.store.info import UPLOAD_ID, UploadInfo
+from modeldrop.server.store.lifecycle import State, StatusChanges, UploadStatus, advance
 
 _CHECKPOINT = struct.Struct("<Q")
 _SYNC_FILE_RANGE_WRITE = 2
@@ -246,12 +247,12 @@ class FileStore:
             # installed (data moved into the models directory), a verified shard staged in its split set
             # until the other shards arrive, or failed and cleaned: the status, written once the upload
             # was complete, knows the offset
-            status = self.read_status(upload_id) or {}
-            if status.get("offset") is not None:
-                offset = int(status["offset"])
+            status = self.read_status(upload_id) or UploadStatus()
+            if status.offset is not None:
+                offset = status.offset
             else:
-                offset = (info.length or 0) if status.get("state") in TERMINAL_STATES else 0
-            return dataclasses.replace(info, offset=offset, last_write_at=float(status.get("updated_at", 0)))
+                offset = (info.length or 0) if status.terminal else 0
+            return dataclasses.replace(info, offset=offset, last_write_at=status.updated_at)
 
     def save_info(self, info: UploadInfo) -> None:
         write_atomic(self.paths(info.id).info, info.to_json().encode(), self.durable)
@@ -261,33 +262,42 @@ class FileStore:
         self.save_info(updated)
         return updated
 
-    def read_status(self, upload_id: str) -> dict[str, Any] | None:
+    def read_status(self, upload_id: str) -> UploadStatus | None:
+        """The upload's status record; None while it is receiving (or its record is unreadable)."""
         try:
-            return dict(json.loads(read_nofollow(self.paths(upload_id).status)))
+            return UploadStatus.from_json(read_nofollow(self.paths(upload_id).status))
         except (FileNotFoundError, PlantedLink, ValueError):  # a planted link is replaced by the next write
             return None
 
-    def write_status(self, upload_id: str, **fields: Any) -> dict[str, Any]:
-        """Merges fields into the status record; `state` transitions are the caller's business."""
-        status = self.read_status(upload_id) or {}
-        status.update(fields)
-        status["updated_at"] = time.time()
-        write_atomic(self.paths(upload_id).status, json.dumps(status, sort_keys=True).encode(), self.durable)
+    def state(self, upload_id: str) -> State:
+        status = self.read_status(upload_id)
+        return State.RECEIVING if status is None else status.state
+
+    def write_status(self, upload_id: str, state: State | None = None,
+                     **changes: Unpack[StatusChanges]) -> UploadStatus:
+        """The one writer of status records: moves the record to `state` (None: the state stays) with `changes`.
+
+        lifecycle.advance refuses a move the lifecycle does not allow (IllegalTransition), and nothing is written.
+        """
+        status = advance(self.read_status(upload_id), state, time.time(), **changes)
+        write_atomic(self.paths(upload_id).status, status.to_json().encode(), self.durable)
         return status
 
-    def mark_queued(self, info: UploadInfo) -> dict[str, Any]:
+    def mark_queued(self, info: UploadInfo) -> UploadStatus:
+        """receiving -> queued; an upload already queued or past it is left as it is (a requeue loop and the
+        last PATCH may both get here first)."""
         current = self.read_status(info.id)
-        if current and current.get("state") in TERMINAL_STATES:
+        if current is not None and current.state is not State.RECEIVING:
             return current
-        return self.write_status(info.id, state=QUEUED, offset=info.offset, reason=None,
-                                 queued_at=time.time())
+        return self.write_status(info.id, State.QUEUED, offset=info.offset, reason=None, queued_at=time.time())
 
-    def mark_failed(self, info: UploadInfo, reason: str, **fields: Any) -> dict[str, Any]:
+    def mark_failed(self, info: UploadInfo, reason: str, duration: float | None = None) -> UploadStatus:
         """`failed` is for good: the record keeps the reason, the bytes are freed now rather than at expiry.
 
         A final concatenation's partials still in staging go too: nothing can use them any more.
         """
-        status = self.write_status(info.id, state=FAILED, reason=reason, offset=info.offset, **fields)
+        status = self.write_status(info.id, State.FAILED, reason=reason, offset=info.offset, waiting_for_set=False,
+                                   duration=duration)
         self.remove_data(info.id)
         for part in info.parts:
             if self.paths(part).info.exists():
@@ -426,11 +436,11 @@ class FileStore:
         try:
             return UploadWriter(self, info, sync_interval, hash_pool)
         except FileNotFoundError:
-            status = self.read_status(info.id) or {}
-            if status.get("state") != FAILED:
+            status = self.read_status(info.id)
+            if status is None or status.state is not State.FAILED:
                 raise
             # a failed upload keeps its record and reason, not its bytes: there is nothing to append to
-            raise errors.UploadGone(f"this upload failed: {status.get('reason')}; start a new upload") from None
+            raise errors.UploadGone(f"this upload failed: {status.reason}; start a new upload") from None
 
     # -- maintenance ------------------------------------------------------------------------------
 
@@ -455,7 +465,7 @@ class FileStore:
                     info = self.load(upload_id)
                 except (errors.StoreError, OSError, ValueError, KeyError):
                     continue
-                if (self.read_status(upload_id) or {}).get("state") not in TERMINAL_STATES:
+                if not self.state(upload_id).terminal:
                     found.append(info)
         return found
 
@@ -516,8 +526,7 @@ class FileStore:
         except (errors.StoreError, ValueError, KeyError):
             return
         status = self.read_status(upload_id)
-        state = (status or {}).get("state")
-        if state in TERMINAL_STATES:
+        if status is not None and status.terminal:
             return
         if info.is_final and status is None:
             report.to_assemble.append(upload_id)
@@ -534,12 +543,12 @@ class FileStore:
         now = time.time() if now is None else now
         swept = []
         for info in list(self.iter_infos()):
-            status = self.read_status(info.id) or {}
-            if status.get("state") in TERMINAL_STATES:
-                if now - float(status.get("updated_at", now)) > expire_after:
-                    self.terminate(info.id, f"the record of this {status['state']} upload expired")
+            status = self.read_status(info.id)
+            if status is not None and status.terminal:
+                if now - status.updated_at > expire_after:
+                    self.terminate(info.id, f"the record of this {status.state} upload expired")
                     swept.append(info.id)
-                elif status["state"] == FAILED and self.paths(info.id).data.exists():
+                elif status.state is State.FAILED and self.paths(info.id).data.exists():
                     self.remove_data(info.id)  # mark_failed was cut short between the status and the unlink
             elif info.is_partial and info.is_complete:
                 if self._sweep_partial(info, expire_after, now):

@@ -15,14 +15,7 @@ UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 
 CONCAT_PARTIAL = "partial"
 CONCAT_FINAL = "final"
-
-# finalize states, in the order an upload passes through them
-RECEIVING = "receiving"
-QUEUED = "queued"
-VERIFYING = "verifying"
-INSTALLED = "installed"
-FAILED = "failed"
-TERMINAL_STATES = (INSTALLED, FAILED)
+# what happens to an upload after its bytes (its State and status record) is in lifecycle.py
 
 
 @dataclasses.dataclass(frozen=True)

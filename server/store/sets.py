@@ -19,7 +19,6 @@ from modeldrop.server import gguf
 from modeldrop.server.locks import LockSpace
 from modeldrop.server.store import errors
 from modeldrop.server.store.filestore import FileStore, PlantedLink, read_nofollow, remove_entry
-from modeldrop.server.store.info import TERMINAL_STATES
 
 MEMBERS_SUFFIX = ".members.json"
 
@@ -100,8 +99,8 @@ def _expire(store: FileStore, sets_dir: Path, prefix: str, expire_after: float) 
               f"{expire_after:g}s of the last one staged; upload the whole set again")
     for upload_id in members.values():
         with contextlib.suppress(errors.StoreError, OSError, ValueError, KeyError):
-            if (store.read_status(upload_id) or {}).get("state") not in TERMINAL_STATES:
-                store.mark_failed(store.load(upload_id), reason, waiting_for_set=False)
+            if not store.state(upload_id).terminal:
+                store.mark_failed(store.load(upload_id), reason)
     remove_entry(set_dir)
     members_path(sets_dir, prefix).unlink(missing_ok=True)  # last: it marks the set as still to be freed
     return True

@@ -32,7 +32,7 @@ from modeldrop.server.store import concat
 from modeldrop.server.store.cache import UploadCache
 from modeldrop.server.store.errors import StoreError
 from modeldrop.server.store.filestore import FileStore, write_atomic
-from modeldrop.server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, TERMINAL_STATES, UploadInfo
+from modeldrop.server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, UploadInfo
 from modeldrop.server.tus import headers as tus
 from modeldrop.server.tus.body import BodyLimits, Interruption, receive_body, stopped_error
 from modeldrop.server.tus.spliced import receive_from_socket
@@ -420,8 +420,8 @@ class TusHandler:
         info = await self._load(upload_id)
         async with await self._lock(upload_id):
             info = await self._load(upload_id)
-            status = await asyncio.to_thread(self.store.read_status, upload_id) or {}
-            if info.is_complete and not info.is_partial and status.get("state") not in TERMINAL_STATES:
+            state = await asyncio.to_thread(self.store.state, upload_id)
+            if info.is_complete and not info.is_partial and not state.terminal:
                 raise errors.AlreadyInstalled("this upload is complete and being installed; it can no longer be "
                                               "terminated (delete the model afterwards instead)")
             final = await asyncio.to_thread(self.store.assembling_into, info) if info.is_partial else None

@@ -64,7 +64,7 @@ def test_assemble_frees_the_partials_once_the_final_holds_their_bytes(store: Fil
                        parts=(first.id, second.id))
     made = concat.fill_final(store, concat.create_final(store, final, [first, second]), [first, second])
     assert store.paths(made.id).data.read_bytes() == b"GGUF" + bytes(10) + b"abc"
-    assert store.read_status(made.id)["state"] == "queued"
+    assert store.state(made.id) == "queued"
     for part in (first, second):
         with pytest.raises(StoreError) as caught:
             store.load(part.id)

@@ -14,6 +14,7 @@ import pytest
 from modeldrop.server.store.cache import UploadCache
 from modeldrop.server.store.filestore import FileStore
 from modeldrop.server.store.info import UploadInfo
+from modeldrop.server.store.lifecycle import State
 from tests.support.loop import run_scenario
 
 
@@ -66,7 +67,7 @@ def test_cache_drops_on_record_changes_and_removal(store: FileStore) -> None:
         cache = UploadCache(store.uploads_dir)
         info = new_upload(store)
         remember(cache, store, info.id)
-        store.write_status(info.id, state="queued")  # a finalizer's atomic rename
+        store.write_status(info.id, State.QUEUED)  # a finalizer's atomic rename
         await until(lambda: cache.get(info.id) is None)
         remember(cache, store, info.id)
         store.terminate(info.id, "gone")

@@ -17,6 +17,7 @@ from modeldrop.server.store import digest
 from modeldrop.server.store.errors import StoreError
 from modeldrop.server.store.filestore import UNSTARTED_GRACE, FileStore, write_atomic
 from modeldrop.server.store.info import UploadInfo
+from modeldrop.server.store.lifecycle import State
 
 MIB = 1024 * 1024
 
@@ -31,6 +32,13 @@ def store(tmp_path: Path) -> FileStore:
 def new_upload(store: FileStore, length: int | None = 100, **fields: object) -> UploadInfo:
     return store.create(UploadInfo(id=store.new_id(), length=length, filename="m.gguf", created_at=time.time(),
                                    **fields))  # type: ignore[arg-type]
+
+
+def record_installed(store: FileStore, upload_id: str, offset: int) -> None:
+    """The status the finalizer leaves, through the states it passes."""
+    store.write_status(upload_id, State.QUEUED)
+    store.write_status(upload_id, State.VERIFYING)
+    store.write_status(upload_id, State.INSTALLED, offset=offset)
 
 
 def write(store: FileStore, info: UploadInfo, *chunks: bytes) -> int:
@@ -248,7 +256,7 @@ def test_store_sweep_expires_idle_unfinished_uploads_as_gone(store: FileStore) -
 def test_store_sweep_keeps_finished_records_until_they_expire(store: FileStore) -> None:
     info = new_upload(store, length=4)
     write(store, info, b"GGUF")
-    store.write_status(info.id, state="installed", offset=4)
+    record_installed(store, info.id, 4)
     store.remove_data(info.id)
     now = time.time()
     assert store.sweep(60, now=now + 30) == []
@@ -278,7 +286,7 @@ def test_store_admission_figures_count_partials_until_a_final_takes_them(store: 
     write(store, taken, b"GGUF")
     store.claim_parts(store.new_id(), [store.load(taken.id)])
     failed = new_upload(store)
-    store.write_status(failed.id, state="failed", reason="not gguf")
+    store.write_status(failed.id, State.FAILED, reason="not gguf")
     complete = new_upload(store, length=4)
     write(store, complete, b"GGUF")
     unfinished, reserved = store.admission_figures()
@@ -298,7 +306,7 @@ def test_store_admission_figures_release_an_upload_that_never_started(store: Fil
 def test_store_admission_ignores_retained_records_of_installed_uploads(store: FileStore) -> None:
     installed = new_upload(store, length=4)
     write(store, installed, b"GGUF")
-    store.write_status(installed.id, state="installed", offset=4)
+    record_installed(store, installed.id, 4)
     store.remove_data(installed.id)
     assert store.open_uploads() == []
     assert store.list_ids() == [installed.id]  # the record stays, so HEAD still answers
@@ -342,7 +350,7 @@ def test_store_records_planted_as_links_are_not_read_through(store: FileStore, t
     info = new_upload(store)
     plant_link(store.paths(info.id).status, outside)
     assert store.read_status(info.id) is None
-    store.write_status(info.id, state="queued")
+    store.write_status(info.id, State.QUEUED)
     assert json.loads(outside.read_text()) == {"state": "installed", "offset": 5}
     assert not store.paths(info.id).status.is_symlink()
 
@@ -409,13 +417,13 @@ def test_store_failed_upload_keeps_its_record_and_reason_not_its_bytes(store: Fi
     store.mark_failed(store.load(info.id), "the GGUF header is truncated")
     assert not store.paths(info.id).data.exists()
     assert store.load(info.id).offset == 14
-    assert store.read_status(info.id)["reason"] == "the GGUF header is truncated"
+    assert store.read_status(info.id).reason == "the GGUF header is truncated"  # type: ignore[union-attr]
     assert store.open_uploads() == []
     with pytest.raises(StoreError) as caught:
         store.open_writer(store.load(info.id), MIB)
     assert errors.from_store(caught.value).status == 410 and "truncated" in caught.value.message
     cut_short = new_upload(store, length=100)  # a crash between the failed status and the unlink
     write(store, cut_short, b"GGUF")
-    store.write_status(cut_short.id, state="failed", reason="bad header", offset=4)
+    store.write_status(cut_short.id, State.FAILED, reason="bad header", offset=4)
     store.sweep(3600)
     assert not store.paths(cut_short.id).data.exists() and store.load(cut_short.id).offset == 4

@@ -97,7 +97,7 @@ def test_finalize_lock_taken_by_another_holder_mid_hash_stops_before_publishing(
     assert "status" not in outcome, f"the job went on without its lock: {outcome}"
     assert isinstance(outcome["error"], finalize.LockLost), outcome
     assert client.get(lock_key(info.id)) == b"another-worker"  # the job did not free someone else's lock
-    assert (context.store.read_status(info.id) or {}).get("state") != "installed"
+    assert context.store.state(info.id) != "installed"
 
     # the other holder goes away without finishing; the retry (RQ's, or the requeue loop's) installs it once
     client.delete(lock_key(info.id))

@@ -105,8 +105,8 @@ def test_finalize_shard_planted_as_a_link_in_a_staged_set_is_not_published(conte
     staged.symlink_to(copy)
     finalize.finalize_upload(ids[1])
     for upload_id in ids:
-        status = context.store.read_status(upload_id) or {}
-        assert status["state"] == "failed", status
-        assert "link" in status["reason"], status["reason"]
+        status = context.store.read_status(upload_id)
+        assert status is not None and status.state == "failed", status
+        assert "link" in str(status.reason), status.reason
     assert os.listdir(context.models_dir) == []
     assert os.listdir(outside) == [shards[0].name]
