@@ -52,6 +52,11 @@ class LockSpace:
     def prepare(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def shared(self) -> bool:
+        """Whether processes on other hosts take these locks too (Redis), not only this host's (flock)."""
+        return self.redis is not None
+
     def _checked(self, name: str) -> str:
         if not _SAFE_NAME.match(name):
             raise ValueError(f"unsafe lock name {name!r}")

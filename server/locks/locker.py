@@ -74,6 +74,15 @@ class AsyncLocker:
         self.local: dict[str, HeldLock] = {}
         self.release_requests = 0
 
+    @property
+    def shared(self) -> bool:
+        """Whether servers on other hosts take these locks too: then this host cannot see every write."""
+        return self.space.shared
+
+    def try_acquire(self, name: str) -> Held | None:
+        """Takes the lock if it is free, without waiting or asking its holder (sync, quick: call in a thread)."""
+        return self.space.try_acquire(name)
+
     async def acquire(self, name: str, on_release_requested: Callable[[], None]) -> HeldLock:
         """Takes the lock, asking a current holder to let go; 423 after `timeout` seconds."""
         loop = asyncio.get_running_loop()

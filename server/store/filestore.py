@@ -359,6 +359,14 @@ class FileStore:
         except (OSError, ValueError):
             return ""
 
+    def mark_pending(self, upload_id: str, offset: int) -> None:
+        """The bytes from offset on are not verified yet: durable before the first of them is written, so that
+        after a power cut reconcile finds it and cuts them off."""
+        write_atomic(self.paths(upload_id).pending, str(offset).encode(), self.durable)
+
+    def clear_pending(self, upload_id: str) -> None:
+        self.paths(upload_id).pending.unlink(missing_ok=True)
+
     def remove_data(self, upload_id: str) -> None:
         paths = self.paths(upload_id)
         self.running_hashes.pop(upload_id, None)
@@ -432,9 +440,12 @@ class FileStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def open_writer(self, info: UploadInfo, sync_interval: int, hash_pool: Executor | None = None) -> UploadWriter:
+    def open_writer(self, info: UploadInfo, sync_interval: int, hash_pool: Executor | None = None,
+                    provisional: bool = False) -> UploadWriter:
+        """A writer for one request's bytes. provisional: they are to be verified (Upload-Checksum) and are
+        marked pending until the writer closes, so that a crash before then rolls them back."""
         try:
-            return UploadWriter(self, info, sync_interval, hash_pool)
+            return UploadWriter(self, info, sync_interval, hash_pool, provisional)
         except FileNotFoundError:
             status = self.read_status(info.id)
             if status is None or status.state is not State.FAILED:
@@ -591,12 +602,13 @@ class UploadWriter:
     """
 
     def __init__(self, store: FileStore, info: UploadInfo, sync_interval: int,
-                 hash_pool: Executor | None = None) -> None:
+                 hash_pool: Executor | None = None, provisional: bool = False) -> None:
         self.store = store
         self.info = info
         self.paths = store.paths(info.id)
         self.sync_interval = sync_interval
         self.hash_pool = hash_pool
+        self.provisional = provisional
         try:  # readable too: spliced bytes are hashed from a mapping
             self.fd = open_regular(self.paths.data, os.O_RDWR)
         except PlantedLink as exc:
@@ -607,6 +619,14 @@ class UploadWriter:
         self.hasher = self._resume_hasher()
         self.hashed_offset = self.offset  # the hasher has seen (or is seeing) every byte before this
         self._hashing: Future[None] | None = None
+        # where this request started, to undo it (a failed Upload-Checksum)
+        self.request_start = (self.offset, self.hasher.state() if self.hasher else None)
+        if provisional:
+            try:
+                store.mark_pending(info.id, self.offset)
+            except BaseException:
+                os.close(self.fd)
+                raise
 
     def _resume_hasher(self) -> digest.ResumableSha256 | None:
         if not digest.available() or self.info.is_partial:
@@ -770,9 +790,26 @@ class UploadWriter:
             self.hasher = digest.ResumableSha256(hash_state)
             self.store.running_hashes[self.info.id] = (offset, hash_state)
 
+    def undo_request(self) -> None:
+        """Cuts off every byte this writer wrote (Upload-Checksum did not match, or the request ended short)."""
+        self.rollback(*self.request_start)
+
+    def keep_what_arrived(self, whole_request: bool = False) -> int:
+        """After a failed write: the file cut back to the bytes counted in (whole_request: to where this
+        request started, as none of its bytes can be verified), the hash caught up, all synced; the offset."""
+        if whole_request:
+            self.undo_request()
+        else:
+            self.rollback(self.offset, self.hash_state())
+        return self.sync()
+
     def close(self) -> None:
+        """After the request: the descriptor is let go, and provisional bytes are no longer pending (verified,
+        or cut off)."""
         self._wait_for_hashing()  # it reads through this descriptor
         os.close(self.fd)
+        if self.provisional:
+            self.store.clear_pending(self.info.id)
 
     def _wait_for_hashing(self) -> None:
         """Lets a hash step in the pool end, without using its outcome (the writer is rolled back or closed)."""

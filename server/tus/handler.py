@@ -23,18 +23,17 @@ from starlette.responses import Response
 
 from modeldrop.server import errors
 from modeldrop.server.admission import Admission
-from modeldrop.server.finalizer import Finalizer
-from modeldrop.server.locks.locker import AsyncLocker
 from modeldrop.server.metrics import Metrics
 from modeldrop.server.settings import Settings
 from modeldrop.server.socket_body import EXTENSION as SOCKET_BODY
 from modeldrop.server.store import concat
 from modeldrop.server.store.cache import UploadCache
 from modeldrop.server.store.errors import StoreError
-from modeldrop.server.store.filestore import FileStore, write_atomic
+from modeldrop.server.store.filestore import FileStore, UploadWriter
 from modeldrop.server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, UploadInfo
 from modeldrop.server.tus import headers as tus
-from modeldrop.server.tus.body import BodyLimits, Interruption, receive_body, stopped_error
+from modeldrop.server.tus.body import BodyLimits, BodyResult, Interruption, receive_body, stopped_error
+from modeldrop.server.tus.interfaces import FinalizeQueue, Locker, UploadLock
 from modeldrop.server.tus.spliced import receive_from_socket
 
 log = logging.getLogger("modeldrop.tus")
@@ -60,8 +59,8 @@ class _ReleaseRelay:
 
 
 class TusHandler:
-    def __init__(self, settings: Settings, store: FileStore, locker: AsyncLocker, admission: Admission,
-                 finalizer: Finalizer, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, store: FileStore, locker: Locker, admission: Admission,
+                 finalizer: FinalizeQueue, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
         self.locker = locker
@@ -80,7 +79,8 @@ class TusHandler:
         # a body taken off the socket waits on it in a thread of its own for the whole request
         self.socket_pool = concurrent.futures.ThreadPoolExecutor(SOCKET_THREADS, thread_name_prefix="modeldrop-socket")
         self.socket_bodies = 0
-        self.records = UploadCache(store.uploads_dir, enabled=locker.space.redis is None)
+        # HEAD answers from records inotify keeps fresh: only while every writer runs on this host
+        self.records = UploadCache(store.uploads_dir, enabled=not locker.shared)
         self.options_headers = {
             "Tus-Resumable": tus.TUS_VERSION,
             "Tus-Version": tus.TUS_VERSION,
@@ -247,7 +247,7 @@ class TusHandler:
         info = self.store.load(upload_id)
         if info.is_complete or info.is_final:
             return info  # nothing writes a complete upload, nor a final (assembled before its POST answers)
-        held = self.locker.space.try_acquire(f"upload-{upload_id}")
+        held = self.locker.try_acquire(f"upload-{upload_id}")
         if held is None:
             return None
         try:
@@ -307,7 +307,7 @@ class TusHandler:
         await asyncio.to_thread(self.admission.check_space, length - info.offset)
         return await asyncio.to_thread(self.store.declare_length, info, length)  # type: ignore[no-any-return]
 
-    async def _write_body(self, request: Request, info: UploadInfo, lock: Any,
+    async def _write_body(self, request: Request, info: UploadInfo, lock: UploadLock,
                           checksum: tus.Checksum | None = None) -> UploadInfo:
         """Stores the body, answers with the durable offset; raises the error that stopped it, if any."""
         if lock.release_requested:
@@ -315,46 +315,25 @@ class TusHandler:
             stopped = stopped_error(errors.InternalError, "another request asked for this upload")
             stopped.headers.setdefault("Upload-Offset", str(info.offset))
             raise stopped
-        interruption = Interruption()
-        self.records.drop(info.id)  # inotify would too, but this process's own writes need no round trip
-        previous = self.active.get(info.id)
-        if previous is not None:
-            previous.interrupt("a newer request took over this upload")
-        self.active[info.id] = interruption
-        lock.on_release_requested.interruption = interruption  # no await since the check above: nothing is lost
-        writer = await asyncio.to_thread(self.store.open_writer, info, self.settings.sync_interval, self.hash_pool)
-        if checksum is not None:
-            await asyncio.to_thread(self._mark_pending, info.id, info.offset)
+        interruption = self._take_over(info.id, lock)  # no await since the check above: nothing is lost
+        try:
+            # with Upload-Checksum the store keeps the request's bytes provisional (rolled back after a crash)
+            # until they are verified
+            writer = await asyncio.to_thread(self.store.open_writer, info, self.settings.sync_interval,
+                                             self.hash_pool, checksum is not None)
+        except BaseException:
+            self._let_go(info.id, interruption)
+            raise
         # a deferred length is bounded by Tus-Max-Size until the client declares it
         limit = info.length if info.length is not None else self.settings.max_size
         limits = BodyLimits(start=info.offset, length=limit, check_magic=not info.is_partial,
                             idle_timeout=self.settings.idle_timeout,
                             checksum=(checksum.algorithm, checksum.digest) if checksum else None)
-        socket_body = request.scope.get("extensions", {}).get(SOCKET_BODY)
-        taken = None
-        if (socket_body is not None and checksum is None and self.socket_bodies < SOCKET_THREADS
-                and (tus.parse_content_length(request.headers) or 0) >= SPLICE_FROM):
-            taken = socket_body.take()
         try:
-            if taken is not None:
-                self.socket_bodies += 1
-                try:
-                    result = await receive_from_socket(socket_body, taken, writer, limits, interruption,
-                                                       self.socket_pool)
-                finally:
-                    self.socket_bodies -= 1
-            else:
-                result = await receive_body(request.stream(), writer, limits, interruption, self._run)
+            result = await self._receive(request, writer, limits, interruption)
         finally:
             await asyncio.to_thread(writer.close)
-            if checksum is not None:
-                await asyncio.to_thread(self._clear_pending, info.id)
-            if self.active.get(info.id) is interruption:
-                del self.active[info.id]
-            self.records.drop(info.id)
-        self.metrics.bytes_received.inc(max(0, result.received))
-        if taken is not None:
-            self.metrics.bytes_spliced.inc(max(0, result.received))
+            self._let_go(info.id, interruption)
         info = dataclasses.replace(info, offset=result.offset, last_write_at=time.time())
         self._log_progress(info, limits.start)
         if info.is_complete:
@@ -368,12 +347,44 @@ class TusHandler:
             raise result.error
         return info
 
-    def _mark_pending(self, upload_id: str, offset: int) -> None:
-        # durable before the first unverified byte: after a power cut, reconcile must find it to cut them off
-        write_atomic(self.store.paths(upload_id).pending, str(offset).encode(), self.store.durable)
+    def _take_over(self, upload_id: str, lock: UploadLock) -> Interruption:
+        """This request now writes the upload: an older one still reading a body is told to stop, and the
+        lock's release callback (a newer request asking) interrupts this one."""
+        interruption = Interruption()
+        self.records.drop(upload_id)  # inotify would too, but this process's own writes need no round trip
+        previous = self.active.get(upload_id)
+        if previous is not None:
+            previous.interrupt("a newer request took over this upload")
+        self.active[upload_id] = interruption
+        relay = lock.on_release_requested
+        assert isinstance(relay, _ReleaseRelay)
+        relay.interruption = interruption
+        return interruption
 
-    def _clear_pending(self, upload_id: str) -> None:
-        self.store.paths(upload_id).pending.unlink(missing_ok=True)
+    def _let_go(self, upload_id: str, interruption: Interruption) -> None:
+        if self.active.get(upload_id) is interruption:
+            del self.active[upload_id]
+        self.records.drop(upload_id)
+
+    async def _receive(self, request: Request, writer: UploadWriter, limits: BodyLimits,
+                       interruption: Interruption) -> BodyResult:
+        """The body, off the socket when the server lends it and it is large (spliced), else through ASGI."""
+        socket_body = request.scope.get("extensions", {}).get(SOCKET_BODY)
+        taken = None
+        if (socket_body is not None and limits.checksum is None and self.socket_bodies < SOCKET_THREADS
+                and (tus.parse_content_length(request.headers) or 0) >= SPLICE_FROM):
+            taken = socket_body.take()
+        if taken is None:
+            result = await receive_body(request.stream(), writer, limits, interruption, self._run)
+        else:
+            self.socket_bodies += 1
+            try:
+                result = await receive_from_socket(socket_body, taken, writer, limits, interruption, self.socket_pool)
+            finally:
+                self.socket_bodies -= 1
+            self.metrics.bytes_spliced.inc(max(0, result.received))
+        self.metrics.bytes_received.inc(max(0, result.received))
+        return result
 
     def _log_progress(self, info: UploadInfo, start: int) -> None:
         if not info.length:
@@ -403,7 +414,7 @@ class TusHandler:
                 await held.enter_async_context(await self._lock(upload_id))
             yield
 
-    async def _lock(self, upload_id: str) -> Any:
+    async def _lock(self, upload_id: str) -> UploadLock:
         # the real release callback from the moment the lock is held (tusd's order): one set later, when the
         # body starts, missed a request that came while the record was read and the headers checked, and the
         # newcomer then waited out the lock timeout into a 423
