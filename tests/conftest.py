@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.llama import BUILD_HINT, LlamaServer, llama_server_binary
 from tests.support.processes import Process, RedisProcess, ServerProcess, WorkerProcess
 
 
@@ -78,3 +79,15 @@ def start_worker(tmp_path: Path, data_dir: Path, processes: list[Process]) -> Ca
         return worker.start(burst=burst)
 
     return start
+
+
+@pytest.fixture
+def llama_server(tmp_path: Path, data_dir: Path, processes: list[Process]) -> LlamaServer:
+    """A real llama-server in router mode reading data_dir/models (the default server's models directory);
+    the test is skipped where scripts/build-llama-server.sh has not built one."""
+    binary = llama_server_binary()
+    if binary is None:
+        pytest.skip(BUILD_HINT)
+    server = LlamaServer(binary, data_dir / "models", tmp_path / "llama-server.log")
+    processes.append(server)
+    return server.start()

@@ -199,6 +199,57 @@ def write_llama3_like_header(path: str | os.PathLike[str], *, n_tokens: int = 12
     return _sparse_tail(writer, path, sizes)
 
 
+def write_runnable_llama(path: str | os.PathLike[str], *, name: str = "Tiny Runnable", embd: int = 64,
+                         heads: int = 4, blocks: int = 2, ffn: int = 128, context_length: int = 256,
+                         seed: int = 0) -> Path:
+    """A llama model that llama-server really loads and runs (~0.5 MB): random F32 weights, a
+    SentencePiece vocabulary of <unk>, <s>, </s>, the 256 byte tokens and a few words.
+
+    The weights are noise, so the text it writes is too; but it is a real model end to end: the loader
+    finds every tensor it needs, the tokenizer covers any input (byte fallback), and a completion comes back.
+    """
+    rng = np.random.default_rng(seed)
+    words = ["\u2581" + word for word in ("hello", "world", "the", "a", "model", "runs", "upload", "llama")]
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{byte:02X}>" for byte in range(256)), *words]
+    types = [2, 3, 3, *([6] * 256), *([1] * len(words))]  # unknown, control, byte, normal
+    writer = _writer(path, "llama", name=name, size_label=None, file_type=gguf.LlamaFileType.ALL_F32,
+                     context_length=context_length)
+    writer.add_embedding_length(embd)
+    writer.add_block_count(blocks)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_rope_dimension_count(embd // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(words))])
+    writer.add_token_types(types)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+
+    def weight(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(len(tokens), embd))
+    for block in range(blocks):
+        prefix = f"blk.{block}"
+        writer.add_tensor(f"{prefix}.attn_norm.weight", np.ones(embd, dtype=np.float32))
+        for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(f"{prefix}.{part}.weight", weight(embd, embd))
+        writer.add_tensor(f"{prefix}.ffn_norm.weight", np.ones(embd, dtype=np.float32))
+        writer.add_tensor(f"{prefix}.ffn_gate.weight", weight(ffn, embd))
+        writer.add_tensor(f"{prefix}.ffn_up.weight", weight(ffn, embd))
+        writer.add_tensor(f"{prefix}.ffn_down.weight", weight(embd, ffn))
+    writer.add_tensor("output_norm.weight", np.ones(embd, dtype=np.float32))
+    writer.add_tensor("output.weight", weight(len(tokens), embd))
+    _write(writer)
+    return Path(path)
+
+
 # --- corruptors ------------------------------------------------------------------------------------------
 
 

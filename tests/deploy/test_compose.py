@@ -31,6 +31,7 @@ import yaml
 
 from tests.deploy.support import REPO, SYSTEM_PATH, Installed, clean_env
 from tests.ggufgen import write_model, write_split_set
+from tests.support.llama import llama_server_binary
 from tests.support.processes import Process, RedisProcess, WorkerProcess, free_port, wait_for
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -516,13 +517,6 @@ def test_worker_healthcheck_follows_a_real_rq_worker(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- llama-server as compose runs it
-
-def llama_server_binary() -> Path | None:
-    """The binary scripts/build-llama-server.sh caches (it is not built here: that takes minutes)."""
-    cache = Path(os.environ.get("MODELDROP_CACHE") or Path.home() / ".cache" / "modeldrop") / "llama-server"
-    found = sorted(p for p in cache.glob("*/llama-server") if os.access(p, os.X_OK))
-    return found[-1] if found else None
-
 
 def get_json(port: int, path: str) -> tuple[int, Any]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)

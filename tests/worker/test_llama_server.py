@@ -1,71 +1,19 @@
 """After an install, llama-server (router mode) is told to rescan and must list the new model.
 
-The real binary comes from scripts/build-llama-server.sh, cached in
-${MODELDROP_CACHE:-~/.cache/modeldrop}/llama-server/<version>/llama-server.
+The real binary comes from scripts/build-llama-server.sh (tests/support/llama.py finds it).
 """
 
 from __future__ import annotations
 
-import http.client
-import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.ggufgen import write_model
-from tests.support.processes import Process, ServerProcess, free_port, wait_for
+from tests.support.llama import LlamaServer
+from tests.support.processes import ServerProcess, free_port, wait_for
 from tests.worker.uploads import TusClient
-
-
-def llama_server_binary() -> Path | None:
-    cache = Path(os.environ.get("MODELDROP_CACHE") or Path.home() / ".cache" / "modeldrop") / "llama-server"
-    found = sorted(p for p in cache.glob("*/llama-server") if os.access(p, os.X_OK))
-    return found[-1] if found else None
-
-
-class LlamaServer(Process):
-    name = "llama-server"
-
-    def __init__(self, binary: Path, models_dir: Path, log_path: Path) -> None:
-        super().__init__(log_path)
-        self.binary, self.models_dir, self.port = binary, models_dir, free_port()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> LlamaServer:
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn([str(self.binary), "--models-dir", str(self.models_dir), "--host", "127.0.0.1",
-                     "--port", str(self.port)])
-        wait_for(lambda: self.model_ids() is not None, 60, f"llama-server on port {self.port}\n{self.log()[-2000:]}", interval=0.2)
-        return self
-
-    def model_ids(self) -> set[str] | None:
-        assert self.alive(), self.log()[-2000:]
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-            connection.request("GET", "/models")
-            response = connection.getresponse()
-            if response.status != 200:
-                return None
-            body = json.loads(response.read())
-        except (OSError, ValueError):
-            return None
-        return {str(entry["id"]) for entry in body.get("data", [])}
-
-
-@pytest.fixture
-def llama_server(tmp_path: Path, data_dir: Path, processes: list[Process]) -> Iterator[LlamaServer]:
-    binary = llama_server_binary()
-    if binary is None:
-        pytest.skip("no llama-server binary: run scripts/build-llama-server.sh (about 8 minutes) to build one into "
-                    "~/.cache/modeldrop/llama-server/<version>/")
-    server = LlamaServer(binary, data_dir / "models", tmp_path / "llama-server.log")
-    processes.append(server)
-    yield server.start()
 
 
 @pytest.mark.llama
