@@ -20,6 +20,8 @@ COMMANDS = {
     "upload": ("modeldrop.cli.upload", "Upload .gguf files to a modeldrop server, resuming where a run stopped."),
     "models": ("modeldrop.cli.admin", "List the models installed on a modeldrop server."),
     "verify": ("modeldrop.cli.admin", "Ask a modeldrop server to re-check an installed model on disk."),
+    "load": ("modeldrop.cli.admin", "Have llama-server load an installed model now, and wait until it runs."),
+    "unload": ("modeldrop.cli.admin", "Have llama-server unload an installed model."),
 }
 
 

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modeldrop.cli import __version__
 from modeldrop.server import catalog, errors
 from modeldrop.server.admission import Admission
+from modeldrop.server.api.llama import LlamaApi
 from modeldrop.server.api.uploads import upload_status
 from modeldrop.server.finalizer import Finalizer, make_finalizer, requeue_stuck
 from modeldrop.server.locks import LockSpace
@@ -108,6 +109,7 @@ def create_app(settings: Settings) -> Starlette:
     parts.finalizer = make_finalizer(settings, parts.store)
     handler = TusHandler(settings, parts.store, parts.locker, parts.admission, parts.finalizer, parts.metrics)
     parts.tus = handler
+    llama = LlamaApi(settings, parts.catalog, stopping=lambda: handler.shutting_down)
     parts.metrics.watch_store(parts.store, parts.finalizer.queue_depth)
     parts.metrics.lock_releases.set_function(lambda: parts.locker.release_requests)
     parts.metrics.active_requests.set_function(lambda: len(handler.active))
@@ -127,10 +129,11 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse(await asyncio.to_thread(upload_status, parts.store, request.path_params["upload_id"]))
 
     async def api_models(request: Request) -> Response:
-        return JSONResponse(await asyncio.to_thread(parts.catalog.listing))
+        return JSONResponse(await llama.listing(await asyncio.to_thread(parts.catalog.listing)))
 
     async def api_model(request: Request) -> Response:
-        return JSONResponse(await asyncio.to_thread(parts.catalog.describe, request.path_params["name"]))
+        return JSONResponse(await llama.describe(
+            await asyncio.to_thread(parts.catalog.describe, request.path_params["name"])))
 
     async def api_verify(request: Request) -> Response:
         with_sha256 = request.query_params.get("sha256", "") in ("1", "true", "yes")
@@ -168,6 +171,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/models/{name:path}", authed(api_model), methods=["GET"]),
         Route("/api/models/{name:path}", authed(api_delete_model), methods=["DELETE"]),
         Route("/api/verify/{name:path}", authed(api_verify), methods=["GET"]),
+        *llama.routes(authed),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -204,6 +208,7 @@ def create_app(settings: Settings) -> Starlette:
             if parts.finalizer is not None:
                 parts.finalizer.close()
             handler.close()
+            await llama.close()
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={errors.HTTPError: http_error, StoreError: store_error,

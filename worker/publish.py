@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from modeldrop.server.libc import libc
+from modeldrop.server.llama import LlamaClient
 from modeldrop.server.store.filestore import PlantedLink, fsync_directory, remove_entry
 
 _AT_FDCWD = -100
@@ -130,31 +127,7 @@ def same_file(a: Path, b: Path) -> bool:
 def notify_llama_server(url: str, api_key: str | None, model_id: str, timeout: float = 10.0) -> dict[str, Any]:
     """Asks llama-server (router mode) to rescan its models directory, then checks it lists the model.
 
-    Never raises: trouble here is shown in the upload's status, it does not undo an install.
+    Never raises: trouble here is shown in the upload's status, it does not undo an install. The talking
+    is server/llama.py's, the one client of llama-server.
     """
-    headers = {"Accept": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    base = url.rstrip("/")
-    result: dict[str, Any] = {"notified": False, "listed": None, "error": None, "model_id": model_id}
-    try:
-        _get_json(f"{base}/models?reload=1", headers, timeout)
-        result["notified"] = True
-        listing = _get_json(f"{base}/models", headers, timeout)
-        entries = listing.get("data", listing.get("models", []))
-        ids = {str(entry.get("id")) for entry in entries if isinstance(entry, dict)}
-        result["listed"] = model_id in ids
-        if not result["listed"]:
-            result["error"] = ("llama-server did not list the model after a rescan: it may be an older build "
-                               "without ?reload=1 (restart it), or not in router mode with --models-dir")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        result["error"] = f"could not reach llama-server at {base}: {getattr(exc, 'reason', exc)}"
-    return result
-
-
-def _get_json(url: str, headers: dict[str, str], timeout: float) -> dict[str, Any]:
-    request = urllib.request.Request(url, headers=headers, method="GET")
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - operator-configured URL
-        body = response.read(16 * 1024 * 1024)
-    parsed = json.loads(body or b"{}")
-    return parsed if isinstance(parsed, dict) else {"data": parsed}
+    return LlamaClient(url, api_key, timeout).notify_installed(model_id)
