@@ -5,7 +5,7 @@ For large PATCH bodies without Upload-Checksum, on a server that offers its sock
 and from the pipe into the page cache, and the running sha256 reads them where they lie there
 (UploadWriter.splice_in). The promises are receive_body's: whatever stops the body (a disconnect, a
 stall, a release request, shutdown, a full disk) the bytes that arrived are written and synced before the
-lock is let go, so the offset reported afterwards is durable.
+lock is let go, so the offset reported afterwards is durable: both end in body.finish_body.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from concurrent.futures import Executor
 from modeldrop.server import errors, gguf
 from modeldrop.server.socket_body import SocketBody, TakenBody
 from modeldrop.server.store.filestore import UploadWriter
-from modeldrop.server.tus.body import (BodyLimits, BodyResult, Interruption, off_loop, settle, stopped_error,
-                                       storage_error)
+from modeldrop.server.tus.body import BodyLimits, BodyResult, Ending, Interruption, finish_body, stopped_error
 
 PIPE_BYTES = 1024 * 1024  # moved per splice; the default pipe (64 KiB) costs 16 times the system calls
 _F_SETPIPE_SZ = 1031
@@ -143,8 +142,7 @@ async def receive_from_socket(body: SocketBody, taken: TakenBody, writer: Upload
         raise
     work = asyncio.get_running_loop().run_in_executor(threads, pump.run)
     ended = STOPPED
-    stopped: errors.HTTPError | None = None
-    write_failed: OSError | None = None
+    ending = Ending()
     while True:
         try:
             ended = await asyncio.shield(work)
@@ -155,30 +153,17 @@ async def receive_from_socket(body: SocketBody, taken: TakenBody, writer: Upload
                 raise  # not ours (the server is being killed): nothing to save
             # ours: the pump stops at its next step, and what it stored is synced below
         except errors.HTTPError as exc:
-            stopped = exc
+            ending.stopped = exc
             break
         except OSError as exc:
-            write_failed = exc
+            ending.write_failed = exc
             break
     pump.close()
+    ending.disconnected = ended == DISCONNECTED
     if ended == IDLE:
-        stopped = stopped_error(errors.ReadTimeout, f"nothing received for {limits.idle_timeout:g}s")
-    elif ended == STOPPED and stopped is None and write_failed is None:
-        stopped = stopped_error(interruption.error, interruption.reason or "the server stopped it")
-    try:
-        if write_failed is not None:
-            raise write_failed
-        offset = await settle(off_loop(writer.sync), interruption)
-    except OSError as exc:
-        offset = await settle(off_loop(_keep_what_arrived, writer), interruption)
-        stopped = storage_error(exc)
-    body.give_back(complete=ended == COMPLETE and stopped is None)
-    interruption.disarm()  # the body is stored: what comes after (answer, unlock) must not be cut short
-    return BodyResult(offset=int(offset), received=int(offset) - limits.start, error=stopped,
-                      disconnected=ended == DISCONNECTED)
-
-
-def _keep_what_arrived(writer: UploadWriter) -> int:
-    """After a failed write: the file is cut to the bytes counted in, the hash caught up, all synced."""
-    writer.rollback(writer.offset, writer.hash_state())
-    return writer.sync()
+        ending.stopped = stopped_error(errors.ReadTimeout, f"nothing received for {limits.idle_timeout:g}s")
+    elif ended == STOPPED and ending.stopped is None and ending.write_failed is None:
+        ending.stopped = stopped_error(interruption.error, interruption.reason or "the server stopped it")
+    result = await finish_body(writer, limits, interruption, ending)
+    body.give_back(complete=ended == COMPLETE and result.error is None)
+    return result
