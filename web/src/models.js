@@ -1,6 +1,8 @@
-// The installed-models list: GET /api/models, shown as a table (cards on phones), with delete.
+// The installed-models list: GET /api/models, shown as a table (cards on phones), with delete, and what
+// llama-server says of each model (followed live through /api/llama/events), with Load now / Unload.
 import { confirmAction } from './dialogs.js'
-import { api } from './lib/api.js'
+import { api, authHeaders } from './lib/api.js'
+import { followEvents } from './lib/events.js'
 import { $, h, icon, setText, show } from './lib/dom.js'
 import {
   formatAbsolute, formatBytes, formatCount, formatParams, formatRelative, parseTime, shortHash,
@@ -30,11 +32,42 @@ function dash(value) {
   return value == null || value === '' ? h('span', { class: 'muted' }, '—') : value
 }
 
-function llamaCell(llama) {
-  const listed = llama?.listed
-  const [tone, text] = listed === true ? ['ok', 'Listed'] : listed === false ? ['warn', 'Not listed'] : ['muted', 'Unknown']
-  return h('span', { class: `status status-${tone}`, 'data-testid': 'llama-listed', 'data-listed': String(listed ?? 'unknown') },
-    h('span', { class: 'dot', 'aria-hidden': 'true' }), text)
+/** llama-server's id for an entry of the models directory: a file without `.gguf`, a split set's folder. */
+function modelId(name) {
+  return name.toLowerCase().endsWith('.gguf') ? name.slice(0, -5) : name
+}
+
+// llama-server's states (server/llama.py) as badge tone and words
+const LLAMA_STATES = {
+  loaded: ['ok', 'Loaded', 'llama-server has this model running'],
+  loading: ['busy', 'Loading', 'llama-server is starting this model'],
+  unloaded: ['muted', 'Not loaded', 'llama-server lists this model; it starts on its first request, or with Load now'],
+  sleeping: ['muted', 'Sleeping', 'llama-server put this model to sleep after being idle'],
+  downloading: ['busy', 'Downloading', 'llama-server is downloading this model'],
+  failed: ['danger', 'Failed', 'llama-server could not start this model: its log says why'],
+  absent: ['warn', 'Not listed', 'llama-server does not list this model: is it in router mode on this models folder?'],
+}
+const RUNNING = new Set(['loaded', 'loading', 'sleeping'])
+
+/** {key, tone, text, title} of a model's llama-server badge, from the server status and the model's state. */
+export function llamaBadge(status, state) {
+  if (!status?.configured) {
+    return { key: 'off', tone: 'muted', text: '—', title: 'modeldrop runs without --llama-server-url: it cannot ask llama-server' }
+  }
+  if (status.reachable === false) {
+    return { key: 'unreachable', tone: 'warn', text: 'Unreachable', title: status.error || 'llama-server does not answer' }
+  }
+  const known = LLAMA_STATES[state?.state]
+  if (!known) return { key: 'unknown', tone: 'muted', text: 'Unknown', title: '' }
+  let text = known[1]
+  if (state.state === 'loading' && typeof state.progress === 'number') text += ` ${Math.round(state.progress * 100)}%`
+  if (state.state === 'failed' && state.exit_code != null) text += ` (exit ${state.exit_code})`
+  return { key: state.state, tone: known[0], text, title: known[2] }
+}
+
+function llamaCell(badge) {
+  return h('span', { class: `status status-${badge.tone}`, title: badge.title, 'data-testid': 'llama-state', 'data-state': badge.key },
+    h('span', { class: 'dot', 'aria-hidden': 'true' }), badge.text)
 }
 
 function hashButton(model) {
@@ -67,8 +100,13 @@ export function initModels() {
   const errorBox = $('#models-error')
   const disk = $('#disk')
   const expanded = new Set()
+  const busy = new Set() // names whose Load/Unload request is on its way
   let lastData = null
   let pending = null
+  // llama-server's view as the event stream last told it; null until it speaks after the list was read
+  let live = null
+  let follower = null
+  let liveIds = ''
 
   function showError(message) {
     setText($('#models-error-text'), message || '')
@@ -84,6 +122,84 @@ export function initModels() {
     disk.classList.toggle('is-low', info.total > 0 && info.free / info.total < 0.1)
     const staging = info.staging_free != null && info.staging_free !== info.free
     setText($('#disk-staging'), staging ? `Staging: ${formatBytes(info.staging_free)} free` : '')
+  }
+
+  function llamaStatus() {
+    return live?.llama_server ?? lastData?.llama_server ?? null
+  }
+
+  function llamaStateOf(model) {
+    const id = model.llama?.id ?? modelId(model.name)
+    if (live) return live.models?.[id] ?? (live.llama_server?.reachable ? { id, state: 'absent' } : null)
+    return model.llama
+  }
+
+  function llamaButton(model, badge) {
+    if (badge.key === 'off' || badge.key === 'unreachable' || badge.key === 'unknown') return null
+    const running = RUNNING.has(badge.key)
+    const action = running ? 'unload' : 'load'
+    const label = running ? 'Unload' : 'Load now'
+    const pendingLabel = running ? 'Unloading…' : 'Loading…'
+    return h('button', {
+      type: 'button',
+      class: 'btn btn-quiet btn-xs btn-llama',
+      title: running ? 'Stop this model in llama-server, freeing its memory' : 'Have llama-server start this model now',
+      'data-testid': `${action}-${model.name}`,
+      'aria-label': `${label} ${model.name}`,
+      disabled: busy.has(model.name),
+      onClick: () => llamaAction(model, action),
+    }, busy.has(model.name) ? pendingLabel : label)
+  }
+
+  async function llamaAction(model, action) {
+    busy.add(model.name)
+    render(lastData)
+    try {
+      const answer = await api(`/api/models/${encodeURIComponent(model.name)}/${action}`, { method: 'POST' })
+      const state = answer?.llama
+      if (state?.id && live) live = { ...live, models: { ...live.models, [state.id]: state } }
+      else if (state?.id) model.llama = state
+      showError('')
+    } catch (err) {
+      showError(`Could not ${action} ${model.name}: ${err.message}`)
+    } finally {
+      busy.delete(model.name)
+      render(lastData)
+    }
+  }
+
+  /** One document of /api/llama/events: the badges follow it; a change in what llama-server lists re-reads the list. */
+  function applyLive(view) {
+    const ids = Object.keys(view.models || {}).sort().join('\n')
+    const listChanged = live !== null && ids !== liveIds
+    live = view
+    liveIds = ids
+    if (lastData) render(lastData)
+    if (listChanged) load()
+  }
+
+  function follow(status) {
+    if (!status?.configured) {
+      follower?.stop()
+      follower = null
+      live = null
+      return
+    }
+    if (follower) return
+    follower = followEvents('/api/llama/events', {
+      headers: authHeaders,
+      onEvent: ({ event, data }) => {
+        if (event !== 'llama') return
+        try {
+          applyLive(JSON.parse(data))
+        } catch {
+          // a malformed document: the next one will do
+        }
+      },
+      onError: (err) => {
+        if ([401, 403, 404, 409].includes(err.status)) follower = null // load() starts it again
+      },
+    })
   }
 
   function modelRows(model) {
@@ -108,6 +224,7 @@ export function initModels() {
     if (model.status && model.status !== 'ok') {
       sub.push(h('span', { class: 'chip chip-warn', 'data-testid': 'model-status' }, model.status))
     }
+    const badge = llamaBadge(llamaStatus(), llamaStateOf(model))
     const row = h('tr', { class: open ? 'model-row is-open' : 'model-row', 'data-testid': `model-row-${model.name}`, 'data-kind': model.kind },
       h('td', { class: 'cell-name', 'data-label': 'Model' },
         h('div', { class: 'model-name', title: model.path || model.name }, model.name),
@@ -121,7 +238,7 @@ export function initModels() {
       cell('Installed', installed
         ? h('time', { datetime: installed.toISOString(), title: formatAbsolute(installed), 'data-relative': '' }, formatRelative(installed))
         : dash(null)),
-      cell('llama-server', llamaCell(model.llama_server)),
+      cell('llama-server', h('div', { class: 'llama-cell' }, llamaCell(badge), llamaButton(model, badge))),
       h('td', { class: 'cell-actions' },
         h('button', {
           type: 'button',
@@ -173,7 +290,10 @@ export function initModels() {
     pending ||= (async () => {
       table.setAttribute('aria-busy', 'true')
       try {
-        render(await api('/api/models'))
+        const data = await api('/api/models')
+        live = null // the list is fresher than the stream's last word; the stream's next one wins again
+        render(data)
+        follow(data.llama_server)
         showError('')
       } catch (err) {
         showError(err.status === 401 ? 'Enter the access token to see the installed models.' : `Could not load the models: ${err.message}`)
