@@ -209,8 +209,10 @@ class Settings:
     file_mode: int = setting(parse_mode, 0o644, "permissions of installed models (octal)")
     file_uid: int | None = setting(int, None, "owner uid for installed models (for the llama-server container)")
     file_gid: int | None = setting(int, None, "owner gid for installed models")
-    llama_server_url: str | None = setting(str, None, "llama-server in router mode, told to rescan after each install")
-    llama_api_key: str | None = setting(str, None, "API key for llama-server")
+    llama_server_url: str | None = setting(str, None, "llama-server in router mode (e.g. http://llama-server:8080): "
+                                           "told to rescan after each install; its state of each model is shown, "
+                                           "and models can be loaded and unloaded through modeldrop")
+    llama_api_key: str | None = setting(str, None, "API key for llama-server (its --api-key)")
     workers: int = setting(int, 1, "server processes (serve) or RQ worker processes (worker)")
     shutdown_timeout: float = setting(float, 10.0, "seconds running requests get to save their bytes on SIGTERM",
                                      commands=SERVE)

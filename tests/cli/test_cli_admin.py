@@ -1,4 +1,4 @@
-"""cli/admin.py: how `models` and `verify` present the server's documents."""
+"""cli/admin.py: how `models`, `verify`, `load` and `unload` present the server's documents."""
 
 from __future__ import annotations
 
