@@ -1,4 +1,5 @@
-"""create_app(settings): the composition root. Builds the store, locks, finalizer and routes once."""
+"""create_app(settings): the HTTP server on top of the process's components (server/components.py: store, locks,
+catalog, Redis, built once), with the finalizer, the tus handler and the routes, each built once."""
 
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modeldrop.cli import __version__
-from modeldrop.server import catalog, errors
+from modeldrop.server import errors
 from modeldrop.server.admission import Admission
 from modeldrop.server.api.llama import LlamaApi
 from modeldrop.server.api.uploads import upload_status
+from modeldrop.server.components import Components, build
 from modeldrop.server.finalizer import Finalizer, make_finalizer, requeue_stuck
-from modeldrop.server.locks import LockSpace
 from modeldrop.server.locks.locker import AsyncLocker
 from modeldrop.server.metrics import Metrics, method_label
 from modeldrop.server.origins import BrowserGuard, BrowserPolicy, answer_error
@@ -36,7 +37,6 @@ from modeldrop.server.settings import Settings
 from modeldrop.server.store import sets
 from modeldrop.server.store.concat import copy_parts
 from modeldrop.server.store.errors import StoreError
-from modeldrop.server.store.filestore import FileStore
 from modeldrop.server.tus import headers as tus
 from modeldrop.server.tus.handler import BASE_PATH, STATUS_HEADER, TusHandler
 
@@ -82,31 +82,32 @@ class MethodOverride:
         await self.app(scope, receive, send)
 
 
-class Components:
-    """Everything create_app builds, reachable from the app state for tests and the lifespan."""
+class AppParts:
+    """Everything the app is made of, reachable from the app state for tests and the lifespan: the process's
+    components, and what create_app builds on them."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, components: Components) -> None:
+        settings = components.settings
+        self.components = components
         self.settings = settings
-        self.store = FileStore(settings.staging_dir, durable=settings.fsync)
-        self.redis: Any = None
-        if settings.redis_url:
-            import redis
-
-            self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        self.locks = LockSpace(settings.staging_dir, self.redis)
+        self.store = components.store
+        self.redis = components.redis
+        self.locks = components.locks
+        self.catalog = components.catalog
         self.locker = AsyncLocker(self.locks, settings.lock_timeout)
         self.admission = Admission(settings, self.store, self.locks)
         self.metrics = Metrics()
-        self.catalog = catalog.Catalog(settings.models_dir, settings.staging_dir)
         self.finalizer: Finalizer | None = None
         self.tus: TusHandler | None = None
 
 
-def create_app(settings: Settings) -> Starlette:
-    parts = Components(settings)
-    parts.store.prepare()
-    parts.locks.prepare()
-    parts.finalizer = make_finalizer(settings, parts.store)
+def create_app(settings: Settings, components: Components | None = None) -> Starlette:
+    """components: the process's (server/main.py builds them), or built here from settings. The app owns them from
+    here on: in embedded mode its finalizer runs the job with them, and its lifespan closes them."""
+    if components is not None and components.settings != settings:
+        raise ValueError("create_app: the components were built from other settings")
+    parts = AppParts(build(settings) if components is None else components)
+    parts.finalizer = make_finalizer(parts.components)
     handler = TusHandler(settings, parts.store, parts.locker, parts.admission, parts.finalizer, parts.metrics)
     parts.tus = handler
     llama = LlamaApi(settings, parts.catalog, stopping=lambda: handler.shutting_down)
@@ -209,6 +210,7 @@ def create_app(settings: Settings) -> Starlette:
                 parts.finalizer.close()
             handler.close()
             await llama.close()
+            parts.components.close()
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={errors.HTTPError: http_error, StoreError: store_error,
@@ -287,7 +289,7 @@ class RequestMetrics:
             self.metrics.requests.labels(method_label(scope["method"]), str(status["code"])).inc()
 
 
-async def recover(parts: Components) -> None:
+async def recover(parts: AppParts) -> None:
     """At start: reconcile what a crash left, resume interrupted assemblies, resubmit finished uploads."""
     report = await asyncio.to_thread(parts.store.reconcile)
     log.info("reconciled staging: %s", report.summary())
@@ -304,7 +306,7 @@ async def recover(parts: Components) -> None:
         await asyncio.to_thread(requeue_stuck, parts.store, parts.finalizer, parts.locks, report.to_finalize)
 
 
-async def maintain(parts: Components) -> None:
+async def maintain(parts: AppParts) -> None:
     """Every so often: expire abandoned uploads, requeue finished ones nobody is finalizing."""
     while True:
         await asyncio.sleep(parts.settings.maintenance_interval)
@@ -325,7 +327,7 @@ async def maintain(parts: Components) -> None:
             log.exception("maintenance pass failed; trying again later")
 
 
-def readiness_problems(parts: Components) -> list[str]:
+def readiness_problems(parts: AppParts) -> list[str]:
     problems = []
     # by role, not path: /readyz is open, and where the data lives is the operator's business
     for role, directory in (("staging", parts.settings.staging_dir), ("models", parts.settings.models_dir)):

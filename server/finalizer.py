@@ -1,30 +1,28 @@
 """Hands finished uploads to the finalize job: an RQ queue with Redis, a thread in this process without.
 
-The server never imports `worker`: the job is named by its dotted path, as RQ does. Both modes run the
-same idempotent `worker.finalize.finalize_upload(upload_id)`, which records installed or failed itself.
+Both modes run the same idempotent job, worker.finalize, which records installed or failed itself: RQ imports
+`finalize_upload` by name in a worker process; the embedded finalizer calls `run` with this process's components.
+The arrow points one way: this module imports worker.finalize, which imports only the server's store, locks and
+components, never this module or the app.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import importlib
 import logging
 import time
 from typing import Protocol
 
+from modeldrop.server.components import Components
 from modeldrop.server.locks import LockSpace
-from modeldrop.server.settings import Settings
 from modeldrop.server.store.filestore import FileStore
 from modeldrop.server.store.lifecycle import State
+from modeldrop.worker import finalize
+from modeldrop.worker.finalize import finalize_lock_name
 
-JOB = "modeldrop.worker.finalize.finalize_upload"
 QUEUE_NAME = "modeldrop-finalize"
 
 log = logging.getLogger("modeldrop.finalizer")
-
-
-def finalize_lock_name(upload_id: str) -> str:
-    return f"finalize-{upload_id}"
 
 
 def job_id(upload_id: str) -> str:
@@ -45,12 +43,10 @@ class Finalizer(Protocol):
 
 
 class EmbeddedFinalizer:
-    """Runs the job in a background thread of this process: the default, no Redis needed."""
+    """Runs the job in a background thread of this process, with its components: the default, no Redis needed."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.module = importlib.import_module(JOB.rsplit(".", 1)[0])
-        self.module.configure(settings)
-        self.function = getattr(self.module, JOB.rsplit(".", 1)[1])
+    def __init__(self, components: Components) -> None:
+        self.components = components
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="finalize")
         self.pending: set[str] = set()
 
@@ -62,7 +58,7 @@ class EmbeddedFinalizer:
 
     def _run(self, upload_id: str) -> None:
         try:
-            self.function(upload_id)
+            finalize.run(self.components, upload_id)
         except Exception:  # the job records failures itself; anything left is retried by the requeue loop
             log.exception("finalize %s raised; it will be retried", upload_id)
         finally:
@@ -82,14 +78,14 @@ class EmbeddedFinalizer:
 
 
 class RQFinalizer:
-    """Enqueues the job on Redis for `modeldrop worker` processes."""
+    """Enqueues the job on Redis for `modeldrop worker` processes, through the components' Redis client."""
 
-    def __init__(self, settings: Settings, store: FileStore) -> None:
-        import redis
+    def __init__(self, components: Components) -> None:
         from rq import Queue, Retry
 
-        self.store = store
-        self.connection = redis.Redis.from_url(settings.redis_url)  # type: ignore[arg-type]
+        assert components.redis is not None
+        self.store = components.store
+        self.connection = components.redis
         self.queue = Queue(QUEUE_NAME, connection=self.connection)
         self.retry = Retry(max=5, interval=[10, 30, 60, 120, 300])
 
@@ -109,19 +105,19 @@ class RQFinalizer:
         # a dead reader's copy: RQ's own cleanup of this list would otherwise fail the new job later
         self.connection.lrem(self.queue.intermediate_queue_key, 0, job_id(upload_id))
         info = self.store.load(upload_id)
-        self.queue.enqueue(JOB, args=(upload_id,), job_id=job_id(upload_id), job_timeout=job_timeout(info.length),
-                           retry=self.retry, result_ttl=86400, failure_ttl=7 * 86400,
-                           description=f"finalize {info.filename or upload_id}")
+        self.queue.enqueue(finalize.finalize_upload, args=(upload_id,), job_id=job_id(upload_id),
+                           job_timeout=job_timeout(info.length), retry=self.retry, result_ttl=86400,
+                           failure_ttl=7 * 86400, description=f"finalize {info.filename or upload_id}")
 
     def is_pending(self, upload_id: str) -> bool:
         from rq.exceptions import NoSuchJobError
-        from rq.job import Job
+        from rq.job import Job, JobStatus
 
         try:
             status = Job.fetch(job_id(upload_id), connection=self.connection).get_status()
         except NoSuchJobError:
             return False
-        return str(getattr(status, "value", status)) in ("queued", "started", "deferred", "scheduled")
+        return status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 
     def will_run(self, upload_id: str, grace: float) -> bool:
         """Whether a live worker will take the job without help: it is in the queue's list itself, or
@@ -140,11 +136,11 @@ class RQFinalizer:
         return int(self.queue.count)
 
     def close(self) -> None:
-        self.connection.close()
+        pass  # the connection is the components', closed with them
 
 
-def make_finalizer(settings: Settings, store: FileStore) -> Finalizer:
-    return EmbeddedFinalizer(settings) if settings.embedded else RQFinalizer(settings, store)
+def make_finalizer(components: Components) -> Finalizer:
+    return EmbeddedFinalizer(components) if components.settings.embedded else RQFinalizer(components)
 
 
 def requeue_stuck(store: FileStore, finalizer: Finalizer, locks: LockSpace, ids: list[str] | None = None,

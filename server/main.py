@@ -58,9 +58,10 @@ def _find_tus_handler(app: Any) -> Any:
 
 def build_config(settings: Settings, fd: int | None = None) -> uvicorn.Config:
     from modeldrop.server.app import create_app
+    from modeldrop.server.components import build
 
     return uvicorn.Config(
-        create_app(settings),
+        create_app(settings, build(settings)),  # this process's components, built once
         host=settings.host,
         port=settings.port,
         fd=fd,

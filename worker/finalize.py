@@ -1,6 +1,9 @@
 """finalize_upload(upload_id): the one job that turns a finished upload into an installed model.
 
-A plain function, as RQ jobs are. Idempotent: it can be killed at any line and run again, and it ends
+A plain function, as RQ jobs are: RQ imports it by name in a worker process, where it runs with the components
+that process built once at start (server/components.py, given here by worker/main.py through `use`). In embedded
+mode the server's finalizer thread calls `run` with the server's own components.
+ Idempotent: it can be killed at any line and run again, and it ends
 with the upload `installed` exactly once or `failed` with a reason a person understands. The steps:
 lock, fsync, size, GGUF structure, sha256, permissions, publish (no clobber), record, tell llama-server.
 Split shards are staged one by one and published together as one directory when the set is complete.
@@ -9,7 +12,6 @@ Split shards are staged one by one and published together as one directory when 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -22,13 +24,12 @@ from typing import Any
 
 from modeldrop.server import gguf
 from modeldrop.server.admission import describe_same_model, model_id, same_model_entries
-from modeldrop.server.catalog import Catalog, public_facts, sha256_of
-from modeldrop.server.finalizer import finalize_lock_name
+from modeldrop.server.catalog import public_facts, sha256_of
+from modeldrop.server.components import Components
 from modeldrop.server.locks import LOCK_TTL_MS, RENEW_EVERY, Held, LockSpace
-from modeldrop.server.settings import Settings
 from modeldrop.server.store import sets
-from modeldrop.server.store.filestore import (FileStore, PlantedLink, fsync_directory, open_regular, real_directory,
-                                              remove_entry, write_atomic)
+from modeldrop.server.store.filestore import (PlantedLink, fsync_directory, open_regular, real_directory, remove_entry,
+                                              write_atomic)
 from modeldrop.server.store.info import UploadInfo
 from modeldrop.server.store.lifecycle import SetProgress, State, UploadStatus
 from modeldrop.worker.publish import NameTaken, identity, notify_llama_server, publish, same_file, set_permissions
@@ -52,51 +53,35 @@ class LockLost(Busy):
     """
 
 
-@dataclasses.dataclass
-class Context:
-    settings: Settings
-    store: FileStore
-    locks: LockSpace
-    catalog: Catalog
-
-    @property
-    def models_dir(self) -> Path:
-        return Path(self.settings.models_dir)
-
-    @property
-    def sets_dir(self) -> Path:
-        return Path(self.settings.staging_dir) / "sets"
+def finalize_lock_name(upload_id: str) -> str:
+    """The lock a job holds while it works on an upload; the server's requeue loop tries it to see if one does."""
+    return f"finalize-{upload_id}"
 
 
-_context: Context | None = None
+_components: Components | None = None  # this process's, for the job RQ calls by name
 
 
-def configure(settings: Settings) -> Context:
-    """Called once per process (the worker's main, or the server in embedded mode)."""
-    global _context
-    redis_client = None
-    if settings.redis_url:
-        import redis
-
-        redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
-    store = FileStore(settings.staging_dir, durable=settings.fsync)
-    store.prepare()
-    locks = LockSpace(settings.staging_dir, redis_client)
-    locks.prepare()
-    _context = Context(settings, store, locks, Catalog(settings.models_dir, settings.staging_dir))
-    return _context
+def use(components: Components | None) -> None:
+    """Gives the RQ job this process's components: once, at the start of a worker process (worker/main.py)."""
+    global _components
+    _components = components
 
 
 def finalize_upload(upload_id: str) -> dict[str, Any]:
-    """The RQ job. Returns the final (or current) status record."""
-    if _context is None:
-        raise RuntimeError("worker.finalize.configure(settings) was not called in this process")
-    ctx = _context
+    """The RQ job. Returns the outcome (or current) status record, in plain JSON types since RQ keeps it in Redis."""
+    if _components is None:
+        raise RuntimeError("this process has no components for the job: worker.finalize.use(build(settings)) was "
+                           "not called at its start")
+    status = run(_components, upload_id)
+    return {} if status is None else status.to_record()
+
+
+def run(ctx: Components, upload_id: str) -> UploadStatus | None:
+    """The job itself, with the components it works with: the RQ job's, or the embedded finalizer's (the server's)."""
     with _holding(ctx.locks, finalize_lock_name(upload_id), LOCK_WAIT) as held:
         if held is None:
             raise Busy(f"upload {upload_id} is being finalized by another process")
-        status = _finalize(ctx, upload_id)
-    return {} if status is None else status.to_record()  # RQ keeps it in Redis: plain JSON types
+        return _finalize(ctx, upload_id)
 
 
 class _Guard:
@@ -195,7 +180,7 @@ class Rejected(Exception):
     """The upload cannot become a model; the message is the reason shown to the user."""
 
 
-def _finalize(ctx: Context, upload_id: str) -> UploadStatus | None:
+def _finalize(ctx: Components, upload_id: str) -> UploadStatus | None:
     store = ctx.store
     info = store.load(upload_id)
     status = store.read_status(upload_id)
@@ -228,7 +213,7 @@ def _finalize(ctx: Context, upload_id: str) -> UploadStatus | None:
         raise
 
 
-def _install(ctx: Context, info: UploadInfo, status: UploadStatus) -> UploadStatus | None:
+def _install(ctx: Components, info: UploadInfo, status: UploadStatus) -> UploadStatus | None:
     assert info.filename is not None
     data = ctx.store.paths(info.id).data
     try:
@@ -304,7 +289,7 @@ def _check_published(target: Path, verified: tuple[int, int], staging: Path) -> 
 
 
 @contextlib.contextmanager
-def _holding_model_id(ctx: Context, entry: str) -> Iterator[None]:
+def _holding_model_id(ctx: Components, entry: str) -> Iterator[None]:
     """One publisher at a time per llama-server model id, so the check below and the rename are one step for
     modeldrop: a file `X.gguf` and a split set `X/` finishing together cannot both get in."""
     name = "model-" + hashlib.sha256(model_id(entry).encode()).hexdigest()[:32]
@@ -314,7 +299,7 @@ def _holding_model_id(ctx: Context, entry: str) -> Iterator[None]:
         yield
 
 
-def _refuse_same_model(ctx: Context, entry: str, folder: bool) -> None:
+def _refuse_same_model(ctx: Components, entry: str, folder: bool) -> None:
     """The authoritative check (creation's can be overtaken): no second entry with the same model id."""
     others = same_model_entries(ctx.models_dir, entry)
     if others:
@@ -322,7 +307,7 @@ def _refuse_same_model(ctx: Context, entry: str, folder: bool) -> None:
                        "cannot replace each other in one step: delete the installed one first)")
 
 
-def _verify(ctx: Context, info: UploadInfo, fd: int) -> gguf.GGUFFacts:
+def _verify(ctx: Components, info: UploadInfo, fd: int) -> gguf.GGUFFacts:
     if ctx.store.durable:
         os.fsync(fd)
     size = os.fstat(fd).st_size
@@ -345,7 +330,7 @@ def _check_shard_keys(shard: gguf.ShardName, facts: gguf.GGUFFacts) -> None:
                        f"{facts.split_no} of split.count {facts.split_count}")
 
 
-def _sha256(ctx: Context, info: UploadInfo, data: Path) -> str:
+def _sha256(ctx: Components, info: UploadInfo, data: Path) -> str:
     """From the checkpoint kept while the bytes arrived, or one sequential read as the fallback."""
     known = ctx.store.digest_if_known(info)
     if known is not None:
@@ -367,7 +352,7 @@ def _has_inode(path: Path, inode: tuple[int, ...] | None) -> bool:
     return bool(inode) and identity(path) == inode
 
 
-def _resume_after_move(ctx: Context, info: UploadInfo, status: UploadStatus,
+def _resume_after_move(ctx: Components, info: UploadInfo, status: UploadStatus,
                        shard: gguf.ShardName | None) -> UploadStatus | None:
     """The data left staging before the outcome was recorded: find where it went by its inode."""
     inode = status.publish_inode
@@ -394,11 +379,11 @@ def _resume_after_move(ctx: Context, info: UploadInfo, status: UploadStatus,
 # -- split sets ---------------------------------------------------------------------------------
 
 
-def _members_path(ctx: Context, prefix: str) -> Path:
+def _members_path(ctx: Components, prefix: str) -> Path:
     return sets.members_path(ctx.sets_dir, prefix)
 
 
-def _read_members(ctx: Context, prefix: str) -> dict[str, str]:
+def _read_members(ctx: Components, prefix: str) -> dict[str, str]:
     return sets.read_members(ctx.sets_dir, prefix)
 
 
@@ -407,7 +392,7 @@ def _set_lock_name(prefix: str) -> str:
 
 
 @contextlib.contextmanager
-def _holding_set(ctx: Context, prefix: str) -> Iterator[None]:
+def _holding_set(ctx: Components, prefix: str) -> Iterator[None]:
     """The split set's lock; Busy, so the job is retried, when another process keeps it past the wait."""
     with _holding(ctx.locks, _set_lock_name(prefix), 60.0) as held:
         if held is None:
@@ -415,7 +400,7 @@ def _holding_set(ctx: Context, prefix: str) -> Iterator[None]:
         yield
 
 
-def _stage_shard(ctx: Context, info: UploadInfo, shard: gguf.ShardName, data: Path | None,
+def _stage_shard(ctx: Components, info: UploadInfo, shard: gguf.ShardName, data: Path | None,
                  verified: tuple[int, int] | None = None) -> UploadStatus | None:
     """Adds a verified shard to its set in staging; publishes the set when every shard is there."""
     set_dir = ctx.sets_dir / shard.prefix
@@ -459,7 +444,7 @@ def _stage_shard(ctx: Context, info: UploadInfo, shard: gguf.ShardName, data: Pa
     return ctx.store.read_status(info.id)
 
 
-def _publish_set(ctx: Context, shard: gguf.ShardName, set_dir: Path, members: dict[str, str]) -> None:
+def _publish_set(ctx: Components, shard: gguf.ShardName, set_dir: Path, members: dict[str, str]) -> None:
     shards = []
     try:
         real_directory(set_dir)
@@ -499,7 +484,7 @@ def _publish_set(ctx: Context, shard: gguf.ShardName, set_dir: Path, members: di
     _record_set_installed(ctx, shard)
 
 
-def _record_set_installed(ctx: Context, shard: gguf.ShardName) -> None:
+def _record_set_installed(ctx: Components, shard: gguf.ShardName) -> None:
     """Under the set's lock, once its folder is in the models directory: statuses, catalog, llama-server.
 
     The staging folder goes before the members file, which marks the set as still to be recorded: after a
@@ -528,7 +513,7 @@ def _record_set_installed(ctx: Context, shard: gguf.ShardName) -> None:
 # -- outcomes -------------------------------------------------------------------------------------
 
 
-def _record_installed(ctx: Context, info: UploadInfo, target: Path, entry: str,
+def _record_installed(ctx: Components, info: UploadInfo, target: Path, entry: str,
                       notify: bool = True) -> UploadStatus | None:
     status = ctx.store.read_status(info.id) or UploadStatus()
     now = time.time()
@@ -553,7 +538,7 @@ def _record_installed(ctx: Context, info: UploadInfo, target: Path, entry: str,
     return ctx.store.read_status(info.id)
 
 
-def _notify(ctx: Context, entry: str) -> dict[str, Any] | None:
+def _notify(ctx: Components, entry: str) -> dict[str, Any] | None:
     if not ctx.settings.llama_server_url:
         return None
     outcome = notify_llama_server(ctx.settings.llama_server_url, ctx.settings.llama_api_key, _model_id(entry))
@@ -567,14 +552,14 @@ def _model_id(entry: str) -> str:
     return model_id(entry)
 
 
-def _fail(ctx: Context, info: UploadInfo, reason: str) -> UploadStatus:
+def _fail(ctx: Components, info: UploadInfo, reason: str) -> UploadStatus:
     status = ctx.store.read_status(info.id) or UploadStatus()
     now = time.time()
     log.info("failed upload=%s filename=%s: %s", info.id, info.filename, reason)
     return ctx.store.mark_failed(info, reason, duration=round(now - (status.started_at or now), 3))
 
 
-def _fail_quietly(ctx: Context, upload_id: str, reason: str) -> None:
+def _fail_quietly(ctx: Components, upload_id: str, reason: str) -> None:
     with contextlib.suppress(Exception):
         info = ctx.store.load(upload_id)
         if not ctx.store.state(upload_id).terminal:

@@ -49,17 +49,19 @@ def _children_die_with_this_process() -> None:
 
 
 def work(settings: Settings, burst: bool, parent: int | None = None) -> None:
-    import redis
     from rq import Queue, Worker
 
-    from modeldrop.worker.finalize import configure
+    from modeldrop.server.components import build, redis_client
+    from modeldrop.worker import finalize
 
     if parent is not None:  # one of --workers N: dies with `modeldrop worker`
         die_with(parent)
     _children_die_with_this_process()
     configure_logging(settings.log_level)
-    configure(settings)
-    connection = redis.Redis.from_url(settings.redis_url)  # type: ignore[arg-type]
+    assert settings.redis_url is not None  # run() refuses to start without it
+    finalize.use(build(settings))  # once: RQ's work horses are forked from this process and inherit them
+    # RQ's own connection: the same configuration, a client of its own (RQ lengthens its socket timeout)
+    connection = redis_client(settings.redis_url)
     queue = Queue(QUEUE_NAME, connection=connection)
     Worker([queue], connection=connection).work(burst=burst, with_scheduler=True,
                                                 logging_level=settings.log_level.upper())

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 import modeldrop.worker.finalize as finalize
+from modeldrop.server.components import Components, build
 from modeldrop.server.finalizer import finalize_lock_name
 from modeldrop.server.settings import Settings
 from modeldrop.server.store.info import UploadInfo
@@ -26,15 +27,19 @@ from tests.support.processes import RedisProcess
 
 
 @pytest.fixture
-def context(tmp_path: Path, redis_server: RedisProcess) -> Iterator[finalize.Context]:
+def context(tmp_path: Path, redis_server: RedisProcess) -> Iterator[Components]:
+    """A worker process's components, given to the RQ job as worker/main.py does."""
     (tmp_path / "models").mkdir()
     settings = Settings(data_dir=tmp_path, models_dir=tmp_path / "models", staging_dir=tmp_path / "staging",
                         redis_url=redis_server.url)
-    yield finalize.configure(settings)
-    finalize._context = None
+    components = build(settings)
+    finalize.use(components)
+    yield components
+    finalize.use(None)
+    components.close()
 
 
-def staged_upload(ctx: finalize.Context, tmp_path: Path, name: str = "model.gguf") -> UploadInfo:
+def staged_upload(ctx: Components, tmp_path: Path, name: str = "model.gguf") -> UploadInfo:
     """A complete upload in staging, as the server leaves it after the last PATCH."""
     model = write_model(tmp_path / "source.gguf").read_bytes()
     info = ctx.store.create(UploadInfo(id=ctx.store.new_id(), length=len(model), filename=name, created_at=time.time()))
@@ -79,7 +84,7 @@ def lock_key(upload_id: str) -> str:
 
 
 def test_finalize_lock_taken_by_another_holder_mid_hash_stops_before_publishing(
-        context: finalize.Context, tmp_path: Path, redis_server: RedisProcess,
+        context: Components, tmp_path: Path, redis_server: RedisProcess,
         monkeypatch: pytest.MonkeyPatch) -> None:
     client = redis.Redis.from_url(redis_server.url)
     info = staged_upload(context, tmp_path)
@@ -109,7 +114,7 @@ def test_finalize_lock_taken_by_another_holder_mid_hash_stops_before_publishing(
 
 
 def test_finalize_renewer_that_finds_the_lock_gone_stops_the_hash(
-        context: finalize.Context, tmp_path: Path, redis_server: RedisProcess,
+        context: Components, tmp_path: Path, redis_server: RedisProcess,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """renew() answering False (the key expired, or is someone else's now) is a lost lock: the job stops in the
     middle of a long hash, not minutes later, and publishes nothing."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import modeldrop.worker.finalize as finalize
+from modeldrop.server.components import Components, build
 from modeldrop.server.settings import Settings
 from modeldrop.server.store.info import UploadInfo
 from tests.ggufgen import write_model, write_split_set
@@ -54,15 +55,18 @@ def test_sets_folder_planted_as_a_link_moves_nothing_outside(server: ServerProce
 
 
 @pytest.fixture
-def context(tmp_path: Path) -> Iterator[finalize.Context]:
+def context(tmp_path: Path) -> Iterator[Components]:
+    """A worker process's components, given to the RQ job as worker/main.py does."""
     (tmp_path / "models").mkdir()
     settings = Settings(data_dir=tmp_path, models_dir=tmp_path / "models", staging_dir=tmp_path / "staging",
                         file_mode=0o644)
-    yield finalize.configure(settings)
-    finalize._context = None
+    components = build(settings)
+    finalize.use(components)
+    yield components
+    finalize.use(None)
 
 
-def test_finalize_data_file_planted_as_a_link_is_not_published_or_chmoded(context: finalize.Context,
+def test_finalize_data_file_planted_as_a_link_is_not_published_or_chmoded(context: Components,
                                                                          tmp_path: Path) -> None:
     """The upload completed, then its data file was swapped for a link to a valid model elsewhere."""
     outside = write_model(tmp_path / "outside.gguf")
@@ -82,7 +86,7 @@ def test_finalize_data_file_planted_as_a_link_is_not_published_or_chmoded(contex
     assert outside.read_bytes() == before
 
 
-def test_finalize_shard_planted_as_a_link_in_a_staged_set_is_not_published(context: finalize.Context,
+def test_finalize_shard_planted_as_a_link_in_a_staged_set_is_not_published(context: Components,
                                                                           tmp_path: Path) -> None:
     """A staged shard swapped for a link to a copy elsewhere: the set would be published with a link inside."""
     (tmp_path / "shards").mkdir()
