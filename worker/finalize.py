@@ -288,12 +288,17 @@ def _check_published(target: Path, verified: tuple[int, int], staging: Path) -> 
     raise Rejected(f"{staging.name} in staging was replaced while it was being installed; it was not installed")
 
 
+def model_lock_name(entry: str) -> str:
+    """The lock every publisher of a llama-server model id holds: a finalize job, and an install by link
+    (server/dedupe.py)."""
+    return "model-" + hashlib.sha256(model_id(entry).encode()).hexdigest()[:32]
+
+
 @contextlib.contextmanager
 def _holding_model_id(ctx: Components, entry: str) -> Iterator[None]:
     """One publisher at a time per llama-server model id, so the check below and the rename are one step for
     modeldrop: a file `X.gguf` and a split set `X/` finishing together cannot both get in."""
-    name = "model-" + hashlib.sha256(model_id(entry).encode()).hexdigest()[:32]
-    with _holding(ctx.locks, name, 60.0) as held:
+    with _holding(ctx.locks, model_lock_name(entry), 60.0) as held:
         if held is None:
             raise Busy(f"another install of model {model_id(entry)!r} is under way")
         yield
