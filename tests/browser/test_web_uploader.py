@@ -16,8 +16,8 @@ import pytest
 from tests.browser.conftest import (
     PHONE, add_files, card, drop_files, missing_prerequisite, save_screenshot, wait_for_state, wait_ready,
 )
-from tests.e2e.wire import sha256_of
 from tests.ggufgen import truncate_by, write_model, write_sparse_model, write_split_set
+from tests.support.models import sha256_of
 from tests.support.processes import ServerProcess
 
 _missing = missing_prerequisite()

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from modeldrop.cli.client import SENDFILE_STEP, FileSlice, HttpClient, LocalFileError
-from tests.cli.test_upload_e2e import installed_file, run_cli, sha256_of
 from tests.ggufgen import write_sparse_model
+from tests.support.cli import installed_file, run_cli
+from tests.support.models import sha256_of
 from tests.support.processes import ServerProcess
 
 MIB = 1024 * 1024

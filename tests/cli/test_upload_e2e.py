@@ -6,106 +6,22 @@ are real (SIGKILL of the client, SIGKILL and restart of the server).
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.ggufgen import write_model, write_sparse_model, write_split_set
+from tests.support.cli import (CLIENT_TIMEOUT, head_offset, installed_file, remembered_upload_url, run_cli, start_cli,
+                               wait_for_offset)
+from tests.support.models import sha256_of
 from tests.support.processes import REPO, ServerProcess, wait_for
 
 MIB = 1024 * 1024
-CLIENT_TIMEOUT = 240
-
-
-def cli_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "modeldrop.cli.main", *args]
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli_argv(*args), cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=CLIENT_TIMEOUT)
-
-
-def start_cli(env: dict[str, str], stderr_path: Path, *args: str) -> subprocess.Popen[str]:
-    with open(stderr_path, "w") as stderr:
-        return subprocess.Popen(cli_argv(*args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr,
-                                text=True)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(4 * MIB):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def remembered_upload(env: dict[str, str]) -> dict[str, str] | None:
-    """The upload the client wrote into its state file (url, status_url), once it has created it."""
-    try:
-        uploads = json.loads(Path(env["MODELDROP_STATE_FILE"]).read_text())["uploads"]
-    except (OSError, ValueError, KeyError):
-        return None
-    entries = [entry for entry in uploads.values() if "url" in entry]
-    return entries[0] if entries else None
-
-
-def remembered_upload_url(env: dict[str, str]) -> str | None:
-    entry = remembered_upload(env)
-    return entry["url"] if entry else None
-
-
-def _request(url: str, method: str) -> tuple[int, http.client.HTTPMessage, bytes] | None:
-    """(status, headers, body) of a plain request, or None while the server cannot be reached."""
-    parts = urlsplit(url)
-    try:
-        connection = http.client.HTTPConnection(parts.netloc, timeout=5)
-        connection.request(method, parts.path, headers={"Tus-Resumable": "1.0.0"})
-        response = connection.getresponse()
-        answer = (response.status, response.headers, response.read())
-        connection.close()
-    except OSError:
-        return None
-    return answer
-
-
-def head_offset(upload_url: str) -> int | None:
-    """The server's Upload-Offset from a tus HEAD, or None while it cannot answer.
-
-    Only once the client is gone: a HEAD asks a running PATCH to let go of the upload (lock release).
-    """
-    answer = _request(upload_url, "HEAD")
-    offset = answer[1].get("Upload-Offset") if answer is not None and answer[0] == 200 else None
-    return int(offset) if offset is not None else None
-
-
-def status_offset(status_url: str) -> int | None:
-    """The offset in /api/uploads/<id>: readable while the client sends, without disturbing it."""
-    answer = _request(status_url, "GET")
-    return int(json.loads(answer[2])["offset"]) if answer is not None and answer[0] == 200 else None
-
-
-def wait_for_offset(env: dict[str, str], at_least: int, client: subprocess.Popen[str]) -> str:
-    """Wait until the running client's upload holds `at_least` bytes on the server; its upload URL."""
-    def reached() -> str | None:
-        assert client.poll() is None, "the client finished before it could be interrupted: use a bigger file"
-        entry = remembered_upload(env)
-        offset = status_offset(entry["status_url"]) if entry else None
-        return entry["url"] if entry and offset is not None and offset >= at_least else None
-    url: str = wait_for(reached, 60, f"the upload to reach {at_least} bytes", interval=0.02)
-    return url
-
-
-def installed_file(server: ServerProcess, name: str) -> Path:
-    return server.models_dir / name
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@
 //
 //   node upload.mjs --endpoint URL --file PATH [--chunk-size N] [--parallel N] [--retry-delays 0,500,1000|none]
 //        [--header Name:value]... [--metadata key=value]... [--url-storage FILE] [--upload-url URL]
-//        [--stop-after BYTES]
+//        [--stop-after BYTES] [--delay-ms N]
 //
 // The file is given as fs.createReadStream(path): tus-js-client then streams it (one PATCH unless
-// --chunk-size). Every line on stdout is one JSON object with an "event":
+// --chunk-size). --delay-ms waits before each PATCH, so a fault a test injects lands mid-upload. Every line on stdout is one JSON object with an "event":
 //   url       the upload URL is known               {url}
 //   response  a response arrived                    {method, status, offset, url}
 //   progress  bytes handed to the socket            {sent, total}
@@ -53,6 +53,7 @@ const { values: args } = parseArgs({
     'url-storage': { type: 'string' },
     'upload-url': { type: 'string' },
     'stop-after': { type: 'string' },
+    'delay-ms': { type: 'string', default: '0' },
   },
 })
 
@@ -63,6 +64,7 @@ if (!args.file || !(args.endpoint || args['upload-url'])) {
 
 const retryDelays = args['retry-delays'] === 'none' ? null : args['retry-delays'].split(',').map(Number)
 const stopAfter = args['stop-after'] ? Number(args['stop-after']) : null
+const delay = Number(args['delay-ms'])
 let lastProgress = -PROGRESS_STEP
 let upload = null
 let stopping = false
@@ -73,6 +75,9 @@ const options = {
   retryDelays,
   headers: pairs(args.header, ':'),
   metadata: { filename: path.basename(args.file), ...pairs(args.metadata, '=') },
+  async onBeforeRequest(req) {
+    if (req.getMethod() === 'PATCH' && delay > 0) await new Promise((resolve) => setTimeout(resolve, delay))
+  },
   onUploadUrlAvailable() {
     emit('url', { url: upload.url })
   },

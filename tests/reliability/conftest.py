@@ -1,37 +1,20 @@
 """Reliability scenarios report their figures here; they are printed once at the end of the run.
 
 Each scenario calls `figures("name")` (the `figures` fixture) and fills in runs, faults, completed,
-corrupt and lost as it goes, before asserting, so a failing scenario still prints what it saw.
+corrupt and lost as it goes, before asserting, so a failing scenario still prints what it saw
+(tests/support/figures.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-_FIGURES = pytest.StashKey[dict[str, "Figures"]]()
+from tests.support.figures import Figures
 
-
-@dataclasses.dataclass
-class Figures:
-    scenario: str
-    runs: int = 0
-    faults: int = 0
-    fault_kind: str = "faults"
-    completed: int = 0
-    corrupt: int = 0
-    lost: int = 0
-    seconds: float = 0.0
-    notes: list[str] = dataclasses.field(default_factory=list)
-    started: float = dataclasses.field(default_factory=time.monotonic)
-
-    def line(self) -> str:
-        note = f"  ({'; '.join(self.notes)})" if self.notes else ""
-        return (f"{self.scenario}: runs={self.runs} {self.fault_kind}={self.faults} completed={self.completed} "
-                f"corrupt={self.corrupt} lost={self.lost} time={self.seconds:.0f}s{note}")
+_FIGURES = pytest.StashKey[dict[str, Figures]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:

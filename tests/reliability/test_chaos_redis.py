@@ -29,12 +29,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.clients import NodeUpload
-from tests.e2e.proxy import Proxy
-from tests.reliability.conftest import Figures
-from tests.reliability.support import make_models, sha256_file, status_of, upload_id
+from tests.support.clients import NodeUpload
+from tests.support.figures import Figures
+from tests.support.models import make_models, sha256_of
 from tests.support.processes import RedisProcess, ServerProcess, WorkerProcess, descendants, wait_for
-from tests.worker.uploads import TusClient
+from tests.support.proxy import Proxy
+from tests.support.tus import TusClient, upload_id
 
 FAST = {"MODELDROP_STALE_AFTER": "1", "MODELDROP_MAINTENANCE_INTERVAL": "1"}
 QUEUE_KEY = "rq:queue:modeldrop-finalize"
@@ -82,7 +82,7 @@ def redis_client(redis_server: RedisProcess):  # type: ignore[no-untyped-def]
 
 def wait_terminal_or_none(server: ServerProcess, uid: str, timeout: float) -> dict | None:  # type: ignore[type-arg]
     try:
-        return TusClient(server.url).wait_for_state(uid, ["installed", "failed"], timeout=timeout, interval=0.2)
+        return TusClient(server.url).wait_state(uid, "installed", "failed", timeout=timeout, interval=0.2)
     except TimeoutError:
         return None
 
@@ -97,7 +97,7 @@ def test_job_taken_by_a_dead_reader_is_requeued_within_seconds(
     try:
         wait_for(lambda: blocked_readers(client) == 1, 5, "the dead reader to block")
         source = make_models(tmp_path / "sources", 1, 2, "dead-reader")[0]
-        uid = TusClient(server.url).upload(source)
+        uid = upload_id(TusClient(server.url).upload_file(source))
         # the job went to the dead reader: in RQ's intermediate list, and RQ calls it queued
         wait_for(lambda: client.lrange(QUEUE_KEY + ":intermediate", 0, -1), 5, "the job to reach the dead reader")
         assert client.lpos(QUEUE_KEY, f"finalize-{uid}") is None
@@ -110,7 +110,7 @@ def test_job_taken_by_a_dead_reader_is_requeued_within_seconds(
                             f"still {TusClient(server.url).status(uid)['state']} {waited:.0f} s after the job went "
                             "to the dead reader")
         if status and status["state"] == "installed" and \
-                sha256_file(server.models_dir / source.name) == sha256_file(source):
+                sha256_of(server.models_dir / source.name) == sha256_of(source):
             record.completed += 1
         else:
             record.lost += 1
@@ -146,7 +146,7 @@ def test_killed_worker_leaves_no_process_behind(
                             f"{readers} dead reader(s) still blocked in Redis")
         start_worker(redis_server.url)
         source = make_models(tmp_path / "sources", 1, 2, f"after-kill-{workers}")[0]
-        uid = TusClient(server.url).upload(source)
+        uid = upload_id(TusClient(server.url).upload_file(source))
         began = time.monotonic()
         status = wait_terminal_or_none(server, uid, REACH_WORKER + 30)
         if status and status["state"] == "installed":
@@ -214,7 +214,7 @@ def run_chaos(start_server: Callable[..., ServerProcess], redis_server: RedisPro
             status = wait_terminal_or_none(server, uid, REACH_WORKER + 30)
             if status is None:
                 record.lost += 1
-                state = (status_of(server.url, uid) or {}).get("state")
+                state = (TusClient(server.url).try_status(uid) or {}).get("state")
                 problems.append(f"{model.name}: still {state} {time.time() - max(last_byte, chaos_end):.0f} s after "
                                 "its last byte and the last restart")
                 continue
@@ -222,8 +222,8 @@ def run_chaos(start_server: Callable[..., ServerProcess], redis_server: RedisPro
             if status["state"] != "installed":
                 record.lost += 1
                 problems.append(f"{model.name}: {status['state']}: {status['reason']}")
-            elif sha256_file(server.models_dir / model.name) != sha256_file(model) or \
-                    status["sha256"] != sha256_file(model):
+            elif sha256_of(server.models_dir / model.name) != sha256_of(model) or \
+                    status["sha256"] != sha256_of(model):
                 record.corrupt += 1
                 problems.append(f"{model.name}: installed with other bytes")
             else:

@@ -19,10 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.ggufgen import write_model
-from tests.reliability.conftest import Figures
-from tests.reliability.support import raw_request, snapshot, wait_terminal
+from tests.support.figures import Figures
 from tests.support.processes import ServerProcess
-from tests.support.tus import gguf_bytes
+from tests.support.tus import TusClient, gguf_bytes, raw_request
 
 TUS_HEADERS = ["Tus-Resumable", "Upload-Length", "Upload-Offset", "Upload-Defer-Length", "Upload-Metadata",
                "Upload-Concat", "Upload-Checksum", "Content-Type", "X-HTTP-Method-Override", "Content-Length"]
@@ -75,6 +74,20 @@ NASTY_NAMES = ["../escape.gguf", "../../escape.gguf", "/abs/escape.gguf", "..", 
 def fuzz_server(start_server: Callable[..., ServerProcess], tmp_path: Path) -> Iterator[ServerProcess]:
     server = start_server(idle_timeout=2, lock_timeout=1, max_size="64MiB", disk_headroom=0)
     yield server
+
+
+def snapshot(*roots: Path) -> dict[str, int]:
+    """Every file under roots with its size (for 'nothing was written outside the data dirs')."""
+    found = {}
+    for root in roots:
+        for directory, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(directory, name)
+                try:
+                    found[path] = os.stat(path).st_size
+                except FileNotFoundError:
+                    pass
+    return found
 
 
 def outside(tmp_path: Path, server: ServerProcess) -> dict[str, int]:
@@ -153,7 +166,7 @@ def test_nasty_file_names_are_refused_or_installed_inside_models(fuzz_server: Se
         elif not 400 <= status < 500:
             problems.append(f"{name!r}: {status} {reply[:200]!r}")
     for name, location in accepted:
-        state = wait_terminal(server.url, location, timeout=30)
+        state = TusClient(server.url).wait_state(location, "installed", "failed", timeout=30, interval=0.2)
         if state["state"] == "installed":
             record.completed += 1
             final = server.models_dir / state["final_name"]
@@ -312,7 +325,7 @@ def test_mutated_gguf_headers_end_failed_with_a_reason(fuzz_server: ServerProces
         locations[name] = headers["location"]
     problems = []
     for name, location in locations.items():
-        state = wait_terminal(server.url, location, timeout=60)
+        state = TusClient(server.url).wait_state(location, "installed", "failed", timeout=60, interval=0.2)
         if state["state"] != "failed" or not state["reason"]:
             problems.append(f"{name}: {state['state']} (reason {state['reason']!r})")
             record.corrupt += 1

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.clients import NodeUpload
-from tests.reliability.conftest import Figures
-from tests.reliability.support import MIB, make_models, sha256_file, wait_terminal
+from tests.support.clients import NodeUpload
+from tests.support.figures import Figures
+from tests.support.models import MIB, make_models, sha256_of
 from tests.support.processes import ServerProcess
 from tests.support.tus import TusClient
 
@@ -94,11 +94,12 @@ def run_load(start_server: Callable[..., ServerProcess], tmp_path: Path, record:
             node.stop()
     problems = [f"small uploads answered {statuses}" for statuses in bad_statuses[:5]]
     for path in smalls + larges:
-        state = wait_terminal(server.url, urls[path.name], timeout=120)
+        state = TusClient(server.url).wait_state(urls[path.name], "installed", "failed", timeout=120, interval=0.2,
+                                                 through_restarts=True)
         if state["state"] != "installed":
             record.lost += 1
             problems.append(f"{path.name}: {state['state']}: {state['reason']}")
-        elif sha256_file(server.models_dir / path.name) != sha256_file(path):
+        elif sha256_of(server.models_dir / path.name) != sha256_of(path):
             record.corrupt += 1
             problems.append(f"{path.name}: installed with other bytes")
         else:

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.clients import NodeUpload
-from tests.e2e.proxy import Proxy
-from tests.reliability.conftest import Figures
-from tests.reliability.support import make_models, sha256_file, wait_terminal
+from tests.support.clients import NodeUpload
+from tests.support.figures import Figures
+from tests.support.models import MIB, make_models, sha256_of
 from tests.support.processes import (
     PYTHON,
     REPO,
@@ -37,8 +36,8 @@ from tests.support.processes import (
     WorkerProcess,
     nginx_binary,
 )
-
-MIB = 1024 * 1024
+from tests.support.proxy import Proxy
+from tests.support.tus import TusClient
 RETRY_DELAYS = [0, 200, 500, 1000] + [1000] * 300
 TAKEOVER_LIMIT = 8.0  # seconds from a kill to the survivor's first accepted bytes
 
@@ -165,7 +164,8 @@ def run_load_balancer(start_server: Callable[..., ServerProcess], redis_server: 
                 record.lost += 1
                 problems.append(f"{model.name}: tus-js-client gave up:\n{upload.transcript(10)}")
                 continue
-            status = wait_terminal(servers[0].url, successes[-1]["url"], timeout=60)
+            status = TusClient(servers[0].url).wait_state(successes[-1]["url"], "installed", "failed", timeout=60,
+                                                          interval=0.2, through_restarts=True)
             _check(record, problems, model, status, servers[0])
         for model, upload in zip(models[node:], cli_uploads, strict=True):
             output = upload.wait(timeout=300)
@@ -173,7 +173,7 @@ def run_load_balancer(start_server: Callable[..., ServerProcess], redis_server: 
                 record.lost += 1
                 problems.append(f"{model.name}: modeldrop upload: {output[-1500:]}")
                 continue
-            _check(record, problems, model, {"state": "installed", "sha256": sha256_file(model)}, servers[0])
+            _check(record, problems, model, {"state": "installed", "sha256": sha256_of(model)}, servers[0])
     finally:
         relay.close()
         for upload in [*node_uploads, *cli_uploads]:
@@ -208,7 +208,7 @@ def _check(record: Figures, problems: list[str], model: Path, status: dict, serv
     if status["state"] != "installed":
         record.lost += 1
         problems.append(f"{model.name}: {status['state']}: {status.get('reason')}")
-    elif sha256_file(server.models_dir / model.name) != sha256_file(model) or status["sha256"] != sha256_file(model):
+    elif sha256_of(server.models_dir / model.name) != sha256_of(model) or status["sha256"] != sha256_of(model):
         record.corrupt += 1
         problems.append(f"{model.name}: installed with other bytes")
     else:
@@ -237,16 +237,13 @@ def test_nginx_must_pass_the_public_host(start_server: Callable[..., ServerProce
                                          tmp_path: Path, forwarded: bool) -> None:
     """README's nginx lines: without `proxy_set_header Host $http_host` nginx sends the upstream's name as the
     host, which the server refuses (421); with it, Location points back through nginx."""
-    import httpx
-
     if nginx_binary() is None:
         pytest.skip("nginx is not installed (scripts/setup.sh test installs it)")
     server = start_server(trust_proxy=True)
     nginx = NginxProcess(tmp_path / "nginx", [server.port], forwarded=forwarded)
     processes.append(nginx)
     nginx.start()
-    reply = httpx.post(f"{nginx.url}/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "10",
-                                                       "Upload-Metadata": "filename eC5nZ3Vm"})
+    reply = TusClient(nginx.url).create(10, metadata={"filename": "x.gguf"})
     if forwarded:
         assert reply.status_code == 201, reply.text
         assert reply.headers["location"].startswith(f"{nginx.url}/files/")

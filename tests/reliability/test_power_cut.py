@@ -10,16 +10,13 @@ real clients again and again.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
-import http.client
 import json
 import os
 import random
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,19 +25,9 @@ import httpx
 import pytest
 
 from modeldrop.server.store.filestore import fsync_directory
-from tests.reliability.conftest import Figures
-from tests.reliability.support import (
-    SlowNodeUpload,
-    Trace,
-    file_sha256,
-    make_models,
-    status_of,
-    tuspy_slow_upload,
-    upload_id,
-    wait_terminal,
-    watcher_problems,
-)
-from tests.reliability.test_server_kills import RETRY_DELAYS
+from tests.support.clients import RETRY_THROUGH_RESTARTS, NodeUpload, Trace, tuspy_slow_upload
+from tests.support.figures import Figures
+from tests.support.models import ModelsWatcher, make_models, sha256_of
 from tests.support.powercut import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -49,7 +36,7 @@ from tests.support.powercut import (
     renameat2,
 )
 from tests.support.processes import RedisProcess, ServerProcess, WorkerProcess
-from tests.worker.uploads import ModelsWatcher
+from tests.support.tus import RawPatch, TusClient, upload_id
 
 pytestmark = pytest.mark.skipif(fuse_available() is not None, reason=f"no FUSE: {fuse_available()}")
 
@@ -176,7 +163,7 @@ class ClientUpload:
     """One upload by one real client, with every Upload-Offset the server told it."""
 
     source: Path
-    node: SlowNodeUpload | None = None
+    node: NodeUpload | None = None
     trace: Trace | None = None
     finished: bool = False
 
@@ -209,7 +196,7 @@ class PowerCutRun:
                  with_redis: bool = False) -> None:
         self.mount = mount
         self.record = record
-        self.sources = {path.name: (path, file_sha256(path)) for path in sources}
+        self.sources = {path.name: (path, sha256_of(path)) for path in sources}
         data = mount.mountpoint / "data"
         data.mkdir()
         fsync_directory(mount.mountpoint)
@@ -244,8 +231,8 @@ class PowerCutRun:
     def node_slot(self, chunk_size: int) -> None:
         endpoint = f"{self.server.url}/files/"
         while (source := self.next_source()) is not None:
-            upload = ClientUpload(source, node=SlowNodeUpload(source, endpoint, chunk_size=chunk_size, delay_ms=150,
-                                                              retry_delays=RETRY_DELAYS))
+            upload = ClientUpload(source, node=NodeUpload(source, endpoint, chunk_size=chunk_size, delay_ms=150,
+                                                          retry_delays=RETRY_THROUGH_RESTARTS))
             self.uploads.append(upload)
             assert upload.node is not None
             with contextlib.suppress(AssertionError):
@@ -266,7 +253,7 @@ class PowerCutRun:
             upload = ClientUpload(source, trace=Trace(source.name))
             self.uploads.append(upload)
             assert upload.trace is not None
-            trickle_upload(self.server.port, source, upload.trace, chunk_size=chunk_size, deadline=self.deadline)
+            trickle_upload(self.server.url, source, upload.trace, chunk_size=chunk_size, deadline=self.deadline)
             upload.finished = True
 
     def poll_statuses(self) -> None:
@@ -276,7 +263,7 @@ class PowerCutRun:
                 url = upload.url()
                 if url is None or upload_id(url) in self.installed_reported:
                     continue
-                status = status_of(self.server.url, url)
+                status = TusClient(self.server.url).try_status(url)
                 if status is not None and status["state"] == "installed":
                     self.installed_reported[upload_id(url)] = upload.source.name
             time.sleep(0.2)
@@ -293,7 +280,7 @@ class PowerCutRun:
         for uid, name in list(self.installed_reported.items()):
             _, digest = self.sources[name]
             target = self.models / name
-            if not target.exists() or file_sha256(target) != digest:
+            if not target.exists() or sha256_of(target) != digest:
                 self.problems.append(f"{when}: {name} (upload {uid}) was reported installed but is "
                                      f"{'missing' if not target.exists() else 'not the source'} in models/")
                 self.record.lost += 1
@@ -302,7 +289,7 @@ class PowerCutRun:
                 path = Path(directory) / name
                 expected = self.sources.get(name)
                 if expected is None or path.stat().st_size != expected[0].stat().st_size or \
-                        file_sha256(path) != expected[1]:
+                        sha256_of(path) != expected[1]:
                     self.problems.append(f"{when}: models/ holds {path.relative_to(self.models)}, "
                                          f"{path.stat().st_size} bytes, not a complete verified model")
                     self.record.corrupt += 1
@@ -404,7 +391,8 @@ class PowerCutRun:
                 self.problems.append(f"{upload.source.name}: the client did not finish ({url})")
                 self.record.lost += 1
                 continue
-            status = wait_terminal(self.server.url, url, timeout=60)
+            status = TusClient(self.server.url).wait_state(url, "installed", "failed", timeout=60, interval=0.2,
+                                                           through_restarts=True)
             if status["state"] == "installed":
                 self.installed_reported[upload_id(url)] = upload.source.name
                 self.record.completed += 1
@@ -413,61 +401,48 @@ class PowerCutRun:
             if upload.trace is not None:  # every resume found at least the offset last promised
                 self.problems += upload.trace.check_resumes()
         self.check("at the end")
-        found = watcher_problems(self.watcher, [source for source, _ in self.sources.values()])
+        found = self.watcher.problems([source for source, _ in self.sources.values()])
         self.record.corrupt += len(found)
         self.problems += found
 
 
-def trickle_upload(port: int, source: Path, trace: Trace, *, chunk_size: int, deadline: float,
+def trickle_upload(url: str, source: Path, trace: Trace, *, chunk_size: int, deadline: float,
                    piece: int = 64 * 1024, pause: float = 0.015) -> None:
-    """A tus client on http.client that sends each PATCH body slowly (piece by piece); HEAD after any error.
+    """A tus client that sends each PATCH body slowly (a piece every `pause` seconds, by hand on the socket), so
+    that most cuts land mid-body; HEAD after any error.
 
     Records, like tuspy_slow_upload, every offset a 204 or a HEAD told it.
     """
-    tus = {"Tus-Resumable": "1.0.0"}
+    client = TusClient(url, timeout=15)
     data = source.read_bytes()
     while time.monotonic() < deadline:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        raw: RawPatch | None = None
         try:
             if trace.url is None:
-                name = base64.b64encode(source.name.encode()).decode()
-                connection.request("POST", "/files/", headers={**tus, "Upload-Length": str(len(data)),
-                                                               "Upload-Metadata": f"filename {name}"})
-                response = connection.getresponse()
-                response.read()
-                if response.status != 201:
-                    raise OSError(f"POST answered {response.status}")
-                trace.url = response.getheader("Location")
-            path = str(urllib.parse.urlsplit(trace.url).path)
-            connection.request("HEAD", path, headers=tus)
-            response = connection.getresponse()
-            response.read()
-            if response.status != 200:
-                raise OSError(f"HEAD answered {response.status}")
-            offset = int(response.getheader("Upload-Offset") or 0)
+                created = client.create(len(data), metadata={"filename": source.name})
+                if created.status_code != 201:
+                    raise OSError(f"POST answered {created.status_code}")
+                trace.url = created.headers["Location"]
+            offset = client.try_offset(trace.url)
+            if offset is None:
+                raise OSError("HEAD did not answer 200")
             trace.events.append(("resumed", offset))
             if offset >= len(data):
                 trace.done = True
                 return
-            body = memoryview(data)[offset:offset + chunk_size]
-            connection.putrequest("PATCH", path)
-            for header, value in {**tus, "Upload-Offset": str(offset), "Content-Length": str(len(body)),
-                                  "Content-Type": "application/offset+octet-stream"}.items():
-                connection.putheader(header, value)
-            connection.endheaders()
-            for start in range(0, len(body), piece):
-                connection.send(body[start:start + piece])
-                time.sleep(pause)
-            response = connection.getresponse()
-            response.read()
-            if response.status != 204:
-                raise OSError(f"PATCH answered {response.status}")
-            trace.events.append(("accepted", int(response.getheader("Upload-Offset") or 0)))
-        except (OSError, http.client.HTTPException) as exc:
+            body = data[offset:offset + chunk_size]
+            raw = RawPatch(trace.url, offset, len(body))
+            raw.send_slowly(body, rate=piece / pause, piece=piece)
+            answer = raw.response(timeout=15)
+            if answer is None or answer[0] != 204:
+                raise OSError(f"PATCH answered {answer[0] if answer else 'nothing'}")
+            trace.events.append(("accepted", int(answer[1].get("upload-offset") or 0)))
+        except (OSError, httpx.HTTPError) as exc:
             trace.error = f"{type(exc).__name__}: {exc}"
             time.sleep(0.3 + random.random() * 0.3)
         finally:
-            connection.close()
+            if raw is not None:
+                raw.close()
     trace.error = f"did not finish in time (last error: {trace.error})"
 
 
@@ -524,13 +499,13 @@ def test_an_upload_created_on_a_fresh_data_dir_survives_a_power_cut(powercut: Po
     fsync_directory(powercut.mountpoint)
     server = ServerProcess(data, tmp_path / "server.log").start()
     try:
-        created = httpx.post(f"{server.url}/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "10",
-                                                              "Upload-Metadata": "filename bS5nZ3Vm"})
+        client = TusClient(server.url)
+        created = client.create(10, metadata={"filename": "m.gguf"})
         assert created.status_code == 201, created.text
         server.kill()
         powercut.cut()
         server.start()
-        head = httpx.head(created.headers["Location"], headers={"Tus-Resumable": "1.0.0"})
+        head = client.head(created.headers["Location"])
         assert head.status_code == 200 and head.headers["Upload-Offset"] == "0"
         assert (powercut.mountpoint / "data" / "models").is_dir()
     finally:

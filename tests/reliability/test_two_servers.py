@@ -11,19 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.wire import (
-    OCTETS,
-    RawPatch,
-    call,
-    create,
-    head_offset,
-    on,
-    stored_bytes,
-    wait_installed,
-)
-from tests.reliability.conftest import Figures
-from tests.reliability.support import MIB, make_models, sha256_file
+from tests.support.figures import Figures
+from tests.support.models import MIB, make_models, sha256_of
 from tests.support.processes import RedisProcess, ServerProcess, WorkerProcess
+from tests.support.tus import RawPatch, TusClient, on, stored_bytes
 
 
 def race(urls: list[str], offset: int, body: bytes) -> list[int | None]:
@@ -47,14 +38,15 @@ def run_two_servers(start_server: Callable[..., ServerProcess], redis_server: Re
     start_worker(redis_server.url)
     model = make_models(tmp_path / "sources", 1, 16, "shared")[0]
     source = model.read_bytes()
-    url = create(a.url, len(source), model.name)
+    client = TusClient()  # every request names its server: the upload's URL on a or on b
+    url = TusClient(a.url).location(len(source), metadata={"filename": model.name})
     urls = [url, on(b, url)]
     record.fault_kind = "races"
     problems: list[str] = []
     outcomes: dict[str, int] = {}
     chunk = len(source) // (4 * rounds)  # a race may keep up to 2 chunks, the alternating PATCH adds 1
     for index in range(rounds):
-        offset = head_offset(urls[index % 2])
+        offset = client.offset(urls[index % 2])
         assert offset + 2 * chunk <= len(source), "the races must have bytes left to fight over"
         statuses = race(urls, offset, source[offset:offset + 2 * chunk])
         record.faults += 1
@@ -66,19 +58,17 @@ def run_two_servers(start_server: Callable[..., ServerProcess], redis_server: Re
         if kept != source[:len(kept)]:
             problems.append(f"round {index}: the {len(kept)} bytes on disk are not the source's prefix")
         # the client alternates servers per request: HEAD on one, PATCH the next chunk on the other
-        offset = head_offset(urls[(index + 1) % 2])
-        status, _, reply = call(urls[index % 2], "PATCH", {**OCTETS, "Upload-Offset": str(offset)},
-                                source[offset:offset + chunk])
-        if status != 204:
-            problems.append(f"round {index}: alternating PATCH answered {status}: {reply[:200]!r}")
-    offset = head_offset(urls[1])
+        offset = client.offset(urls[(index + 1) % 2])
+        reply = client.patch(urls[index % 2], source[offset:offset + chunk], offset)
+        if reply.status_code != 204:
+            problems.append(f"round {index}: alternating PATCH answered {reply.status_code}: {reply.text[:200]!r}")
+    offset = client.offset(urls[1])
     while offset < len(source):
-        status, headers, reply = call(urls[offset // chunk % 2], "PATCH", {**OCTETS, "Upload-Offset": str(offset)},
-                                      source[offset:offset + chunk])
-        assert status == 204, (status, reply[:200])
-        offset = int(headers["upload-offset"])
-    state = wait_installed(b.url, url, timeout=60)
-    if state["sha256"] != sha256_file(model) or sha256_file(a.models_dir / model.name) != sha256_file(model):
+        reply = client.patch(urls[offset // chunk % 2], source[offset:offset + chunk], offset)
+        assert reply.status_code == 204, (reply.status_code, reply.text[:200])
+        offset = int(reply.headers["Upload-Offset"])
+    state = TusClient(b.url).wait_installed(url, timeout=60)
+    if state["sha256"] != sha256_of(model) or sha256_of(a.models_dir / model.name) != sha256_of(model):
         problems.append("installed with the wrong bytes")
         record.corrupt += 1
     else:

@@ -10,7 +10,7 @@ import pytest
 from modeldrop.server import errors, gguf
 from modeldrop.server.catalog import Catalog
 from tests.ggufgen import truncate_by, write_model, write_split_set
-from tests.worker.uploads import file_sha256
+from tests.support.models import sha256_of
 
 
 @pytest.fixture
@@ -72,10 +72,10 @@ def test_catalog_verify_truncated_on_disk(catalog: Catalog) -> None:
 def test_catalog_verify_sha256_against_install_record(catalog: Catalog) -> None:
     path = write_model(catalog.models_dir / "m.gguf")
     stat = path.stat()
-    catalog.write_record("m.gguf", sha256=file_sha256(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-    assert catalog.entry("m.gguf")["sha256"] == file_sha256(path)
+    catalog.write_record("m.gguf", sha256=sha256_of(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    assert catalog.entry("m.gguf")["sha256"] == sha256_of(path)
     result = catalog.verify("m.gguf", with_sha256=True)
-    assert (result["ok"], result["sha256"]) == (True, file_sha256(path))
+    assert (result["ok"], result["sha256"]) == (True, sha256_of(path))
     with open(path, "r+b") as file:  # flip a byte inside the tensor data: same size, still a valid header
         file.seek(-1, os.SEEK_END)
         byte = file.read(1)

@@ -19,12 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.ggufgen import write_model, write_runnable_llama
 from tests.support.llama import LlamaServer
 from tests.support.processes import REPO, ServerProcess, free_port, wait_for
-from tests.worker.uploads import Reply, TusClient
+from tests.support.tus import TusClient
 
 TOKEN = "llama-token"
 
@@ -82,7 +83,7 @@ def state_in(document: dict[str, Any], model: str) -> str | None:
     return ((document.get("models") or {}).get(model) or {}).get("state")
 
 
-def post(client: TusClient, path: str, headers: dict[str, str] | None = None) -> Reply:
+def post(client: TusClient, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
     return client.request("POST", path, headers={"Content-Length": "0", **(headers or {})})
 
 
@@ -111,9 +112,9 @@ def test_an_upload_is_loaded_answers_and_is_unloaded_through_modeldrop(
         llama_server: LlamaServer, start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
     server = start_server(llama_server_url=llama_server.url, token=[TOKEN])
     client = TusClient(server.url, token=TOKEN)
-    upload_id = client.upload(write_runnable_llama(tmp_path / "tiny.gguf"))
-    assert client.wait_for_state(upload_id, ["installed", "failed"])["state"] == "installed"
-    wait_for(lambda: client.status(upload_id)["llama_server"], 15, "the rescan after the install")
+    upload = client.upload_file(write_runnable_llama(tmp_path / "tiny.gguf"))
+    assert client.wait_state(upload, "installed", "failed")["state"] == "installed"
+    wait_for(lambda: client.status(upload)["llama_server"], 15, "the rescan after the install")
 
     listing = client.get_json("/api/models")
     assert listing["llama_server"] == {"configured": True, "reachable": True, "error": None}
@@ -129,7 +130,7 @@ def test_an_upload_is_loaded_answers_and_is_unloaded_through_modeldrop(
         assert first["llama_server"]["reachable"] is True and state_in(first, "tiny") == "unloaded", first
 
         answer = post(client, "/api/models/tiny.gguf/load")
-        assert answer.status == 200, answer.body
+        assert answer.status_code == 200, answer.text
         assert answer.json()["llama"]["id"] == "tiny"
         assert answer.json()["llama"]["state"] in ("loading", "loaded")
         wait_for(lambda: api_state(client, "tiny.gguf") == "loaded", 120, "the API to say loaded", interval=0.2)
@@ -143,10 +144,11 @@ def test_an_upload_is_loaded_answers_and_is_unloaded_through_modeldrop(
         assert body["usage"]["completion_tokens"] > 0, body
 
         again = post(client, "/api/models/tiny.gguf/load")
-        assert again.status == 200 and again.json()["llama"]["state"] == "loaded", "loading a loaded model is no error"
+        assert again.status_code == 200 and again.json()["llama"]["state"] == "loaded", \
+            "loading a loaded model is no error"
 
         answer = post(client, "/api/models/tiny.gguf/unload")
-        assert answer.status == 200, answer.body
+        assert answer.status_code == 200, answer.text
         wait_for(lambda: api_state(client, "tiny.gguf") == "unloaded", 60, "the API to say unloaded", interval=0.2)
         events.wait_for(lambda document: state_in(document, "tiny") == "unloaded"
                         and any(state_in(seen, "tiny") == "loaded" for seen in events.seen))
@@ -161,10 +163,10 @@ def test_a_model_llama_server_cannot_load_shows_failed_with_its_exit_code(
     """A GGUF that passes modeldrop's checks but is no model llama.cpp can run (two stray tensors)."""
     server = start_server(llama_server_url=llama_server.url)
     client = TusClient(server.url)
-    upload_id = client.upload(write_model(tmp_path / "hollow.gguf"))
-    assert client.wait_for_state(upload_id, ["installed", "failed"])["state"] == "installed"
+    upload = client.upload_file(write_model(tmp_path / "hollow.gguf"))
+    assert client.wait_state(upload, "installed", "failed")["state"] == "installed"
     answer = post(client, "/api/models/hollow.gguf/load")
-    assert answer.status == 200, answer.body
+    assert answer.status_code == 200, answer.text
     wait_for(lambda: api_state(client, "hollow.gguf") == "failed", 60, "the failed load", interval=0.2)
     state = client.get_json("/api/models/hollow.gguf")["llama"]
     assert state["exit_code"] not in (None, 0), state
@@ -219,13 +221,13 @@ def test_without_llama_server_url_the_routes_say_so_and_the_list_still_answers(
     assert client.get_json("/api/llama") == {"llama_server": listing["llama_server"], "models": {}}
     for action in ("load", "unload"):
         answer = post(client, f"/api/models/m.gguf/{action}")
-        assert answer.status == 409, answer.body
+        assert answer.status_code == 409, answer.text
         assert answer.json()["error"] == "llama_not_configured"
         assert "--llama-server-url" in answer.json()["message"]
     events = client.request("GET", "/api/llama/events")
-    assert (events.status, events.json()["error"]) == (409, "llama_not_configured")
+    assert (events.status_code, events.json()["error"]) == (409, "llama_not_configured")
     missing = post(client, "/api/models/nothing.gguf/load")
-    assert (missing.status, missing.json()["error"]) == (404, "not_found")
+    assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
 
     cli = run_cli("load", "m.gguf", "--server", server.url)
     assert cli.returncode == 1 and "--llama-server-url" in cli.stderr and "409" in cli.stderr, cli.stderr
@@ -244,7 +246,7 @@ def test_with_llama_server_down_the_routes_answer_503_and_the_list_still_answers
     assert listing["llama_server"]["error"].startswith(f"could not reach llama-server at {nobody}")
     assert listing["models"][0]["llama"] is None
     answer = post(client, "/api/models/m.gguf/load")
-    assert (answer.status, answer.json()["error"]) == (503, "llama_unreachable")
+    assert (answer.status_code, answer.json()["error"]) == (503, "llama_unreachable")
     assert nobody in answer.json()["message"]
     events = EventStream(server)
     try:
@@ -263,10 +265,10 @@ def test_load_and_unload_need_the_token_and_the_servers_own_origin(start_server:
     write_model(tokened.models_dir / "m.gguf")
     anonymous = TusClient(tokened.url)
     for path in ("/api/models/m.gguf/load", "/api/models/m.gguf/unload"):
-        assert post(anonymous, path).status == 401
-    assert anonymous.request("GET", "/api/llama/events").status == 401
-    assert anonymous.request("GET", "/api/llama").status == 401
-    assert post(TusClient(tokened.url, token=TOKEN), "/api/models/m.gguf/load").status == 503
+        assert post(anonymous, path).status_code == 401
+    assert anonymous.request("GET", "/api/llama/events").status_code == 401
+    assert anonymous.request("GET", "/api/llama").status_code == 401
+    assert post(TusClient(tokened.url, token=TOKEN), "/api/models/m.gguf/load").status_code == 503
 
     (tokened.data_dir.parent / "open").mkdir()
     open_server = start_server(data_dir=tokened.data_dir.parent / "open",
@@ -274,8 +276,8 @@ def test_load_and_unload_need_the_token_and_the_servers_own_origin(start_server:
     write_model(open_server.models_dir / "m.gguf")
     client = TusClient(open_server.url)
     foreign = post(client, "/api/models/m.gguf/load", {"Origin": "http://evil.example"})
-    assert (foreign.status, foreign.json()["error"]) == (403, "cross_origin")
+    assert (foreign.status_code, foreign.json()["error"]) == (403, "cross_origin")
     cross_site = post(client, "/api/models/m.gguf/unload", {"Sec-Fetch-Site": "cross-site"})
-    assert (cross_site.status, cross_site.json()["error"]) == (403, "cross_origin")
+    assert (cross_site.status_code, cross_site.json()["error"]) == (403, "cross_origin")
     own = post(client, "/api/models/m.gguf/load", {"Origin": open_server.url})
-    assert own.status == 503, "its own page gets through (to the unreachable llama-server)"
+    assert own.status_code == 503, "its own page gets through (to the unreachable llama-server)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 
 from tests.ggufgen import truncate_by, write_model, write_split_set
 from tests.support.processes import ServerProcess
-from tests.worker.uploads import TusClient, file_sha256
+from tests.support.models import sha256_of
+from tests.support.tus import TusClient, raw_request
 
 TOKEN = "test-token"
 
@@ -44,11 +46,11 @@ def test_models_api_lists_hand_placed_files_with_facts(server: ServerProcess) ->
 def test_models_api_verify_reports_truncation_and_sha256(server: ServerProcess, tmp_path: Path) -> None:
     client = TusClient(server.url)
     source = write_model(tmp_path / "up.gguf")
-    upload_id = client.upload(source)
-    assert client.wait_for_state(upload_id, ["installed", "failed"])["state"] == "installed"
-    assert listed(client)["up.gguf"]["sha256"] == file_sha256(source)
+    upload = client.upload_file(source)
+    assert client.wait_state(upload, "installed", "failed")["state"] == "installed"
+    assert listed(client)["up.gguf"]["sha256"] == sha256_of(source)
     result = client.get_json("/api/verify/up.gguf?sha256=1")
-    assert (result["ok"], result["sha256"], result["reason"]) == (True, file_sha256(source), None)
+    assert (result["ok"], result["sha256"], result["reason"]) == (True, sha256_of(source), None)
     installed = server.models_dir / "up.gguf"
     with open(installed, "r+b") as file:  # same size, one byte of tensor data changed
         file.seek(-1, os.SEEK_END)
@@ -64,19 +66,18 @@ def test_models_api_verify_reports_truncation_and_sha256(server: ServerProcess, 
 def test_models_api_delete_needs_token(authed: tuple[ServerProcess, TusClient]) -> None:
     server, client = authed
     write_model(server.models_dir / "doomed.gguf")
-    anonymous = client.request("DELETE", "/api/models/doomed.gguf", auth=False)
-    assert anonymous.status == 401
-    assert client.request("GET", "/api/models", auth=False).status == 401
+    anonymous = client.request("DELETE", "/api/models/doomed.gguf", headers={"Authorization": None})
+    assert anonymous.status_code == 401
+    assert client.request("GET", "/api/models", headers={"Authorization": None}).status_code == 401
     assert (server.models_dir / "doomed.gguf").exists()
     reply = client.request("DELETE", "/api/models/doomed.gguf")
-    assert (reply.status, reply.json()) == (200, {"deleted": "doomed.gguf"})
+    assert (reply.status_code, reply.json()) == (200, {"deleted": "doomed.gguf"})
     assert os.listdir(server.models_dir) == []
     assert listed(client) == {}
-    assert client.request("DELETE", "/api/models/doomed.gguf").status == 404
+    assert client.request("DELETE", "/api/models/doomed.gguf").status_code == 404
 
 
 def test_models_api_names_outside_models_dir_not_found(server: ServerProcess) -> None:
-    client = TusClient(server.url)
     directory = server.models_dir / "set"
     directory.mkdir()
     write_split_set(directory, "set", 2)
@@ -85,8 +86,8 @@ def test_models_api_names_outside_models_dir_not_found(server: ServerProcess) ->
     for name in ("..", "../staging", "%2e%2e", "..%2Fstaging", "../staging/outside.gguf", "..%2Fstaging%2Foutside.gguf",
                  "set/set-00001-of-00002.gguf", "set%2Fset-00001-of-00002.gguf", "missing.gguf"):
         for method, prefix in (("GET", "/api/models/"), ("GET", "/api/verify/"), ("DELETE", "/api/models/")):
-            reply = client.request(method, prefix + name)
-            assert reply.status == 404, (method, prefix + name, reply.status, reply.body)
+            status, _, body = raw_request(server.port, method, prefix + name, {"Tus-Resumable": "1.0.0"})
+            assert status == 404, (method, prefix + name, status, body)
     assert os.listdir(server.models_dir) == ["set"]
     assert len(os.listdir(directory)) == 2
     assert sorted(os.listdir(server.staging_dir)) == staging
@@ -97,15 +98,14 @@ ODD_NAMES = ["%00", "a%00.gguf", "%00/..", "x" * 300 + ".gguf", "y" * 5000, "%ff
 
 
 def test_models_api_odd_names_get_a_4xx_with_a_message(server: ServerProcess) -> None:
-    client = TusClient(server.url)
     write_model(server.models_dir / "kept.gguf")
     for name in ODD_NAMES:
         for method, prefix in (("GET", "/api/models/"), ("GET", "/api/verify/"), ("DELETE", "/api/models/"),
                                ("GET", "/api/uploads/"), ("HEAD", "/files/"), ("DELETE", "/files/")):
-            reply = client.request(method, prefix + name, headers={"Tus-Resumable": "1.0.0"})
-            assert 400 <= reply.status < 500, (method, prefix + name, reply.status, reply.body)
+            status, _, body = raw_request(server.port, method, prefix + name, {"Tus-Resumable": "1.0.0"})
+            assert 400 <= status < 500, (method, prefix + name, status, body)
             if method != "HEAD":
-                assert reply.json()["message"], (method, prefix + name)
+                assert json.loads(body)["message"], (method, prefix + name)
     assert os.listdir(server.models_dir) == ["kept.gguf"]
     assert "Traceback" not in server.log()
 
@@ -120,8 +120,8 @@ def test_models_api_refuses_a_planted_link_and_shows_no_paths(server: ServerProc
     for method, path in (("GET", "/api/verify/link.gguf?sha256=1"), ("GET", "/api/models/link.gguf"),
                          ("DELETE", "/api/models/link.gguf")):
         reply = client.request(method, path)
-        assert 400 <= reply.status < 500, (method, path, reply.status, reply.body)
-        assert file_sha256(secret) not in reply.body.decode()
+        assert 400 <= reply.status_code < 500, (method, path, reply.status_code, reply.text)
+        assert sha256_of(secret) not in reply.text
     assert (server.models_dir / "link.gguf").is_symlink()
     for path in ("/api/models", "/api/models/real.gguf", "/api/verify/real.gguf?sha256=1"):
-        assert str(server.data_dir) not in client.request("GET", path).body.decode()
+        assert str(server.data_dir) not in client.request("GET", path).text

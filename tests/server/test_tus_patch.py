@@ -8,8 +8,8 @@ import pytest
 
 from tests.support.processes import ServerProcess
 from tests.support.tus import client  # noqa: F401  (fixture)
-from tests.support.tus import (PATCH_TYPE, TusClient, assert_error, data_path, gguf_bytes, module_server,
-                               nothing_stored, read_status_line, send_truncated, wait_offset)
+from tests.support.tus import (PATCH_TYPE, RawPatch, TusClient, assert_error, data_path, gguf_bytes, module_server,
+                               nothing_stored, wait_offset)
 
 
 IDLE_TIMEOUT = 1.5
@@ -140,11 +140,10 @@ def test_patch_short_first_body_that_is_not_gguf_is_400(client: TusClient, locat
 
 
 def test_patch_interrupted_body_keeps_what_arrived(client: TusClient, server: ServerProcess, location: str) -> None:
-    headers = {"Tus-Resumable": "1.0.0", "Content-Type": PATCH_TYPE, "Upload-Offset": "0"}
-    sock = send_truncated(server, "PATCH", f"/files/{location.rsplit('/', 1)[1]}", headers, MODEL[:6000],
-                          content_length=len(MODEL))
+    raw = RawPatch(location, 0, len(MODEL))
+    raw.send(MODEL[:6000])
     time.sleep(0.3)
-    sock.close()
+    raw.close()
     wait_offset(client, location, 6000)
     assert data_path(server, location).read_bytes() == MODEL[:6000]
     assert client.patch(location, MODEL[6000:], 6000).status_code == 204
@@ -152,15 +151,14 @@ def test_patch_interrupted_body_keeps_what_arrived(client: TusClient, server: Se
 
 def test_patch_stalled_sender_is_cut_after_idle_timeout(client: TusClient, server: ServerProcess,
                                                         location: str) -> None:
-    headers = {"Tus-Resumable": "1.0.0", "Content-Type": PATCH_TYPE, "Upload-Offset": "0"}
     started = time.monotonic()
-    sock = send_truncated(server, "PATCH", f"/files/{location.rsplit('/', 1)[1]}", headers, MODEL[:3000],
-                          content_length=len(MODEL))
+    raw = RawPatch(location, 0, len(MODEL))
+    raw.send(MODEL[:3000])
     try:
-        assert read_status_line(sock) == 500  # tusd's choice: clients retry 5xx
+        assert raw.response_status(timeout=30) == 500  # tusd's choice: clients retry 5xx
         assert time.monotonic() - started < IDLE_TIMEOUT + 3
     finally:
-        sock.close()
+        raw.close()
     assert client.offset(location) == 3000
 
 

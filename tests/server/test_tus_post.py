@@ -9,8 +9,8 @@ import pytest
 
 from tests.support.processes import ServerProcess
 from tests.support.tus import client  # noqa: F401  (fixture)
-from tests.support.tus import (PATCH_TYPE, TusClient, assert_error, data_path, encode_metadata, error_code,
-                               gguf_bytes, module_server, nothing_stored, send_truncated, stored_files, unique_name,
+from tests.support.tus import (PATCH_TYPE, RawRequest, TusClient, assert_error, data_path, encode_metadata,
+                               error_code, gguf_bytes, module_server, nothing_stored, stored_files, unique_name,
                                upload_id, wait_offset)
 
 
@@ -146,9 +146,10 @@ def test_post_body_dropped_half_way_keeps_the_bytes_that_arrived(client: TusClie
     headers = {"Tus-Resumable": "1.0.0", "Upload-Length": str(len(MODEL)), "Content-Type": PATCH_TYPE,
                "Upload-Metadata": encode_metadata({"filename": unique_name()})}
     before = set(stored_files(server))
-    sock = send_truncated(server, "POST", "/files/", headers, MODEL[:3000], content_length=len(MODEL))
+    raw = RawRequest(f"{server.url}/files/", "POST", headers, len(MODEL))
+    raw.send(MODEL[:3000])
     time.sleep(0.3)
-    sock.close()
+    raw.close()
     created = [name for name in set(stored_files(server)) - before if name.endswith(".bin")]
     assert len(created) == 1
     location = f"{server.url}/files/{created[0][:-4]}"

@@ -10,7 +10,6 @@ import base64
 import hashlib
 import http.client
 import re
-import socket
 import time
 
 import httpx
@@ -20,8 +19,8 @@ from modeldrop.server.store.digest import ResumableSha256
 from modeldrop.server.store.filestore import FileStore
 from tests.support.processes import ServerProcess, wait_for
 from tests.support.tus import client  # noqa: F401  (fixture)
-from tests.support.tus import (PATCH_TYPE, TusClient, assert_error, data_path, gguf_bytes, module_server,
-                               read_status_line, send_truncated, upload_id, wait_offset)
+from tests.support.tus import (PATCH_TYPE, RawRequest, TusClient, assert_error, data_path, gguf_bytes, module_server,
+                               upload_id, wait_offset)
 
 MIB = 1024 * 1024
 IDLE_TIMEOUT = 1.5
@@ -46,6 +45,13 @@ def checkpoint_digest(server: ServerProcess, location: str, offset: int) -> str:
 
 def tus_headers(offset: int) -> dict[str, str]:
     return {"Tus-Resumable": "1.0.0", "Content-Type": PATCH_TYPE, "Upload-Offset": str(offset)}
+
+
+def truncated_patch(location: str, body: bytes, length: int) -> RawRequest:
+    """A PATCH at offset 0 announcing `length` body bytes, of which only `body` is sent (for now)."""
+    raw = RawRequest(location, "PATCH", tus_headers(0), length)
+    raw.send(body)
+    return raw
 
 
 def test_a_large_body_is_spliced_hashed_from_the_page_cache_and_the_connection_kept(
@@ -120,26 +126,22 @@ def test_the_magic_arriving_in_pieces_is_checked_and_kept(client: TusClient, ser
     location = client.location(len(MODEL))
     before = spliced_bytes(server)
 
-    def rest(sock: socket.socket) -> None:
-        time.sleep(0.3)  # the server has taken the socket with only two bytes of the magic
-        sock.sendall(MODEL[2:2 * MIB])
-
-    sock = send_truncated(server, "PATCH", "/files/" + upload_id(location), tus_headers(0), MODEL[:2],
-                          2 * MIB, then=rest)
+    raw = truncated_patch(location, MODEL[:2], 2 * MIB)
     try:
-        assert read_status_line(sock) == 204
+        time.sleep(0.3)  # the server has taken the socket with only two bytes of the magic
+        raw.send(MODEL[2:2 * MIB])
+        assert raw.response_status(timeout=30) == 204
     finally:
-        sock.close()
+        raw.close()
     assert data_path(server, location).read_bytes() == MODEL[:2 * MIB]
     assert spliced_bytes(server) - before == 2 * MIB
 
 
 def test_a_cut_connection_keeps_every_byte_that_arrived(client: TusClient, server: ServerProcess) -> None:
     location = client.location(len(MODEL))
-    sock = send_truncated(server, "PATCH", "/files/" + upload_id(location), tus_headers(0),
-                          MODEL[:3 * MIB], 4 * MIB)
+    raw = truncated_patch(location, MODEL[:3 * MIB], 4 * MIB)
     time.sleep(0.3)
-    sock.close()
+    raw.close()
     wait_offset(client, location, 3 * MIB)
     assert data_path(server, location).read_bytes() == MODEL[:3 * MIB]
     assert checkpoint_digest(server, location, 3 * MIB) == hashlib.sha256(MODEL[:3 * MIB]).hexdigest()
@@ -149,15 +151,11 @@ def test_a_stalled_body_is_cut_after_the_idle_timeout_with_its_bytes_kept_and_th
         client: TusClient, server: ServerProcess) -> None:
     location = client.location(len(MODEL))
     started = time.monotonic()
-    sock = send_truncated(server, "PATCH", "/files/" + upload_id(location), tus_headers(0),
-                          MODEL[:2 * MIB], 4 * MIB)
+    raw = truncated_patch(location, MODEL[:2 * MIB], 4 * MIB)
     try:
-        sock.settimeout(IDLE_TIMEOUT + 10)
-        answer = b""
-        while chunk := sock.recv(65536):  # the server closes: the rest of the announced body never came
-            answer += chunk
+        answer = raw.read_all(timeout=IDLE_TIMEOUT + 10)  # the server closes: the rest of the body never came
     finally:
-        sock.close()
+        raw.close()
     assert IDLE_TIMEOUT <= time.monotonic() - started < IDLE_TIMEOUT + 5
     assert answer.startswith(b"HTTP/1.1 500 ") and b"read_timeout" in answer
     assert client.offset(location) == 2 * MIB
@@ -166,8 +164,7 @@ def test_a_stalled_body_is_cut_after_the_idle_timeout_with_its_bytes_kept_and_th
 
 def test_a_new_request_takes_over_a_stalled_spliced_body(client: TusClient, server: ServerProcess) -> None:
     location = client.location(len(MODEL))
-    sock = send_truncated(server, "PATCH", "/files/" + upload_id(location), tus_headers(0),
-                          MODEL[:2 * MIB], 4 * MIB)
+    raw = truncated_patch(location, MODEL[:2 * MIB], 4 * MIB)
     try:
         time.sleep(0.3)
         started = time.monotonic()
@@ -176,5 +173,5 @@ def test_a_new_request_takes_over_a_stalled_spliced_body(client: TusClient, serv
         response = client.patch(location, MODEL[2 * MIB:], 2 * MIB)
         assert response.status_code == 204, response.text
     finally:
-        sock.close()
+        raw.close()
     assert client.wait_state(location, "installed", "failed")["state"] == "installed"

@@ -15,21 +15,22 @@ import pytest
 
 from tests.ggufgen import append_junk, truncate_by, write_model, wrong_magic
 from tests.support.processes import RedisProcess, ServerProcess, WorkerProcess, wait_for
-from tests.worker.uploads import ModelsWatcher, TusClient, file_sha256
+from tests.support.models import ModelsWatcher, sha256_of
+from tests.support.tus import TusClient, upload_id
 
 QUEUE = "modeldrop-finalize"
 
 
-def staged_data(server: ServerProcess, upload_id: str) -> list[str]:
+def staged_data(server: ServerProcess, upload: str) -> list[str]:
     """The upload's bytes and hash checkpoint in staging (its .info and .status records stay)."""
-    uploads = server.staging_dir / "uploads"
-    return sorted(p.name for suffix in ("bin", "sha256", "pending") for p in uploads.glob(f"{upload_id}.{suffix}"))
+    uploads, name = server.staging_dir / "uploads", upload_id(upload)
+    return sorted(p.name for suffix in ("bin", "sha256", "pending") for p in uploads.glob(f"{name}.{suffix}"))
 
 
-def assert_installed(server: ServerProcess, client: TusClient, upload_id: str, source: Path,
+def assert_installed(server: ServerProcess, client: TusClient, upload: str, source: Path,
                      status: dict[str, object]) -> None:
     """The status, the file in models/, the staging store and HEAD all agree that `source` is installed."""
-    digest = file_sha256(source)
+    digest = sha256_of(source)
     assert status["state"] == "installed", status
     assert status["reason"] is None
     assert status["final_name"] == source.name
@@ -42,22 +43,22 @@ def assert_installed(server: ServerProcess, client: TusClient, upload_id: str, s
     installed = server.models_dir / source.name
     assert stat.S_IMODE(installed.stat().st_mode) == 0o644
     assert installed.read_bytes() == source.read_bytes()
-    assert staged_data(server, upload_id) == []
-    head = client.head(upload_id)
-    assert head.status == 200
-    assert head.headers["upload-offset"] == head.headers["upload-length"] == str(source.stat().st_size)
+    assert staged_data(server, upload) == []
+    head = client.head(upload)
+    assert head.status_code == 200
+    assert head.headers["Upload-Offset"] == head.headers["Upload-Length"] == str(source.stat().st_size)
 
 
 def test_finalize_embedded_installs_verified_file(server: ServerProcess, tmp_path: Path) -> None:
     source = write_model(tmp_path / "tiny-q4.gguf")
     client = TusClient(server.url)
     with ModelsWatcher(server.models_dir) as watcher:
-        upload_id = client.upload(source)
+        upload = client.upload_file(source)
         seen: list[str] = []
-        status = client.wait_for_state(upload_id, ["installed", "failed"], seen=seen)
+        status = client.wait_state(upload, "installed", "failed", seen=seen, interval=0.02)
     assert set(seen) <= {"queued", "verifying", "installed"}, seen
-    assert_installed(server, client, upload_id, source, status)
-    watcher.check({source.name: (source.stat().st_size, file_sha256(source))})
+    assert_installed(server, client, upload, source, status)
+    watcher.check({source.name: (source.stat().st_size, sha256_of(source))})
 
 
 def test_finalize_redis_runs_on_rq_queue(start_server: Callable[..., ServerProcess], redis_server: RedisProcess,
@@ -70,25 +71,25 @@ def test_finalize_redis_runs_on_rq_queue(start_server: Callable[..., ServerProce
     source = write_model(tmp_path / "tiny-q4.gguf")
     client = TusClient(server.url)
     with ModelsWatcher(server.models_dir) as watcher:
-        upload_id = client.upload(source)
-        assert client.status(upload_id)["state"] == "queued"  # no worker yet: it waits on the queue
+        upload = client.upload_file(source)
+        assert client.status(upload)["state"] == "queued"  # no worker yet: it waits on the queue
         connection = redis.Redis.from_url(redis_server.url)
         queue = Queue(QUEUE, connection=connection)
-        assert queue.job_ids == [f"finalize-{upload_id}"]
+        assert queue.job_ids == [f"finalize-{upload_id(upload)}"]
         assert not (server.models_dir / source.name).exists()
         start_worker(redis_server.url)
         seen = ["queued"]
-        status = client.wait_for_state(upload_id, ["installed", "failed"], seen=seen)
+        status = client.wait_state(upload, "installed", "failed", seen=seen, interval=0.02)
     assert set(seen) <= {"queued", "verifying", "installed"}, seen
-    assert_installed(server, client, upload_id, source, status)
-    job = Job.fetch(f"finalize-{upload_id}", connection=connection)
+    assert_installed(server, client, upload, source, status)
+    job = Job.fetch(f"finalize-{upload_id(upload)}", connection=connection)
     assert job.origin == QUEUE
     assert job.func_name == "modeldrop.worker.finalize.finalize_upload"
-    assert job.args == (upload_id,)
+    assert job.args == (upload_id(upload),)
     wait_for(lambda: job.get_status() == "finished", 10, "the RQ job to finish")  # it returns after recording
     assert job.id in queue.finished_job_registry.get_job_ids()
     assert job.return_value()["state"] == "installed"
-    watcher.check({source.name: (source.stat().st_size, file_sha256(source))})
+    watcher.check({source.name: (source.stat().st_size, sha256_of(source))})
 
 
 # -- failures: a reason a person understands, nothing in models/ ------------------------------------------
@@ -102,8 +103,8 @@ def test_finalize_damaged_gguf_fails_with_reason(server: ServerProcess, tmp_path
                                                  damage: Callable[[Path], Path], words: str) -> None:
     source = damage(write_model(tmp_path / "damaged.gguf"))
     client = TusClient(server.url)
-    upload_id = client.upload(source)
-    status = client.wait_for_state(upload_id, ["installed", "failed"])
+    upload = client.upload_file(source)
+    status = client.wait_state(upload, "installed", "failed")
     assert status["state"] == "failed"
     assert words in status["reason"], status["reason"]
     assert os.listdir(server.models_dir) == []
@@ -112,12 +113,12 @@ def test_finalize_damaged_gguf_fails_with_reason(server: ServerProcess, tmp_path
 def test_finalize_wrong_magic_rejected_at_first_patch(server: ServerProcess, tmp_path: Path) -> None:
     source = wrong_magic(write_model(tmp_path / "ggjt.gguf"))
     client = TusClient(server.url)
-    upload_id = client.create(source.name, source.stat().st_size)
-    reply = client.patch(upload_id, 0, source.read_bytes())
-    assert (reply.status, reply.json()["error"]) == (400, "not_gguf"), (reply.status, reply.body)
+    upload = client.location(source.stat().st_size, metadata={"filename": source.name})
+    reply = client.patch(upload, source.read_bytes(), 0)
+    assert (reply.status_code, reply.json()["error"]) == (400, "not_gguf"), (reply.status_code, reply.text)
     assert "GGUF magic" in reply.json()["message"]
-    assert reply.headers["upload-offset"] == "0"
-    status = client.status(upload_id)
+    assert reply.headers["Upload-Offset"] == "0"
+    status = client.status(upload)
     assert status["state"] == "failed"
     assert "GGUF" in status["reason"]
     assert os.listdir(server.models_dir) == []
@@ -127,10 +128,10 @@ def test_finalize_sha256_mismatch_fails(server: ServerProcess, tmp_path: Path) -
     source = write_model(tmp_path / "tiny.gguf")
     other = "0" * 64
     client = TusClient(server.url)
-    upload_id = client.upload(source, sha256=other)
-    status = client.wait_for_state(upload_id, ["installed", "failed"])
+    upload = client.upload_file(source, sha256=other)
+    status = client.wait_state(upload, "installed", "failed")
     assert status["state"] == "failed"
-    assert "sha256 mismatch" in status["reason"] and file_sha256(source) in status["reason"]
+    assert "sha256 mismatch" in status["reason"] and sha256_of(source) in status["reason"]
     assert other in status["reason"]
     assert os.listdir(server.models_dir) == []
 
@@ -138,12 +139,12 @@ def test_finalize_sha256_mismatch_fails(server: ServerProcess, tmp_path: Path) -
 def test_finalize_name_collision_keeps_hand_placed_file(server: ServerProcess, tmp_path: Path) -> None:
     source = write_model(tmp_path / "clash.gguf")
     client = TusClient(server.url)
-    upload_id = client.create(source.name, source.stat().st_size)
+    upload = client.location(source.stat().st_size, metadata={"filename": source.name})
     by_hand = write_model(server.models_dir / "clash.gguf", name="Placed By Hand", tensors=3)
     before = by_hand.read_bytes()
-    reply = client.send(upload_id, source)
-    assert reply.status == 204
-    status = client.wait_for_state(upload_id, ["installed", "failed"])
+    reply = client.send_file(upload, source)
+    assert reply.status_code == 204
+    status = client.wait_state(upload, "installed", "failed")
     assert status["state"] == "failed"
     assert "already installed" in status["reason"]
     assert os.listdir(server.models_dir) == ["clash.gguf"]

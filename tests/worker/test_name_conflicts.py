@@ -16,17 +16,14 @@ import pytest
 
 from tests.ggufgen import write_model, write_split_set
 from tests.support.processes import ServerProcess
-from tests.worker.uploads import TusClient
+from tests.support.tus import TusClient
 
 PREFIX = "clash"
 
 
 def create_reply(client: TusClient, filename: str, length: int = 1024) -> tuple[int, str]:
-    from tests.worker.uploads import encode_metadata
-
-    reply = client.request("POST", "/files/", {"Upload-Length": str(length),
-                                               "Upload-Metadata": encode_metadata({"filename": filename})})
-    return reply.status, reply.body.decode()
+    reply = client.create(length, metadata={"filename": filename})
+    return reply.status_code, reply.text
 
 
 @pytest.mark.parametrize("allow_overwrite", [False, True])
@@ -61,13 +58,13 @@ def test_split_set_refused_at_publish_when_the_file_appeared(start_server: Calla
     server = start_server(allow_overwrite=allow_overwrite)
     shards = write_split_set(tmp_path, PREFIX, 2)
     client = TusClient(server.url)
-    first = client.upload(shards[0])
-    second = client.create(shards[1].name, shards[1].stat().st_size)  # admitted: nothing named clash yet
+    first = client.upload_file(shards[0])
+    second = client.location(shards[1].stat().st_size, metadata={"filename": shards[1].name})  # admitted: no clash yet
     placed = write_model(server.models_dir / f"{PREFIX}.gguf", name="Placed By Hand")
     before = placed.read_bytes()
-    assert client.send(second, shards[1]).status == 204
-    for upload_id in (first, second):
-        status = client.wait_for_state(upload_id, ["installed", "failed"])
+    assert client.send_file(second, shards[1]).status_code == 204
+    for upload in (first, second):
+        status = client.wait_state(upload, "installed", "failed")
         assert status["state"] == "failed", status
         assert f"{PREFIX}.gguf" in status["reason"], status["reason"]
     assert os.listdir(server.models_dir) == [f"{PREFIX}.gguf"]
@@ -80,10 +77,10 @@ def test_file_refused_at_publish_when_the_split_folder_appeared(start_server: Ca
     server = start_server(allow_overwrite=allow_overwrite)
     source = write_model(tmp_path / f"{PREFIX}.gguf")
     client = TusClient(server.url)
-    upload_id = client.create(source.name, source.stat().st_size)
+    upload = client.location(source.stat().st_size, metadata={"filename": source.name})
     (server.models_dir / PREFIX).mkdir()
-    assert client.send(upload_id, source).status == 204
-    status = client.wait_for_state(upload_id, ["installed", "failed"])
+    assert client.send_file(upload, source).status_code == 204
+    status = client.wait_state(upload, "installed", "failed")
     assert status["state"] == "failed", status
     assert f"{PREFIX}/" in status["reason"], status["reason"]
     assert os.listdir(server.models_dir) == [PREFIX]

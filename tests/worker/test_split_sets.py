@@ -11,7 +11,8 @@ from typing import Any
 
 from tests.ggufgen import shard_path, write_shard, write_split_set
 from tests.support.processes import ServerProcess, wait_for
-from tests.worker.uploads import ModelsWatcher, TusClient, file_sha256
+from tests.support.models import ModelsWatcher, sha256_of
+from tests.support.tus import TusClient, upload_id
 
 PREFIX = "split-test"
 FAST_REQUEUE = {"MODELDROP_STALE_AFTER": "1", "MODELDROP_MAINTENANCE_INTERVAL": "2"}
@@ -21,37 +22,37 @@ def test_split_set_published_in_one_step(server: ServerProcess, tmp_path: Path) 
     shards = write_split_set(tmp_path, PREFIX, 3)
     client = TusClient(server.url)
     with ModelsWatcher(server.models_dir) as watcher:
-        first = client.upload(shards[0])
+        first = client.upload_file(shards[0])
         waiting = wait_for_set(client, first, missing=[2, 3])
         assert waiting["state"] == "verifying" and waiting["reason"] is None
         assert waiting["set"] == {"prefix": PREFIX, "count": 3, "present": [1], "missing": [2, 3]}
-        third = client.upload(shards[2])
+        third = client.upload_file(shards[2])
         wait_for_set(client, third, missing=[2])
         assert not (server.models_dir / PREFIX).exists()
-        second = client.upload(shards[1])
-        statuses = [client.wait_for_state(upload_id, ["installed", "failed"]) for upload_id in (first, second, third)]
+        second = client.upload_file(shards[1])
+        statuses = [client.wait_state(upload, "installed", "failed") for upload in (first, second, third)]
     for shard, status in zip(shards, statuses):
         assert status["state"] == "installed", status
         assert status["final_name"] == f"{PREFIX}/{shard.name}"
         assert status["model"] == PREFIX
-        assert status["sha256"] == file_sha256(shard)
+        assert status["sha256"] == sha256_of(shard)
     assert sorted(os.listdir(server.models_dir)) == [PREFIX]
     assert sorted(os.listdir(server.models_dir / PREFIX)) == [shard.name for shard in shards]
     directory_sightings = [s for s in watcher.sightings.values() if s.is_dir]
     assert [s.children for s in directory_sightings] == [tuple(shard.name for shard in shards)]  # never partial
-    watcher.check({f"{PREFIX}/{shard.name}": (shard.stat().st_size, file_sha256(shard)) for shard in shards})
+    watcher.check({f"{PREFIX}/{shard.name}": (shard.stat().st_size, sha256_of(shard)) for shard in shards})
     wait_for_sets_cleaned(server)
 
 
-def wait_for_set(client: TusClient, upload_id: str, missing: list[int]) -> dict[str, Any]:
+def wait_for_set(client: TusClient, upload: str, missing: list[int]) -> dict[str, Any]:
     """The shard's status once it is staged and names the shards its set still waits for."""
 
     def staged() -> dict[str, Any] | None:
-        status = client.status(upload_id)
+        status = client.status(upload)
         assert status["state"] != "failed", status
         return status if (status.get("set") or {}).get("missing") == missing else None
 
-    return dict(wait_for(staged, 20, f"shard {upload_id} to wait for shards {missing}"))
+    return dict(wait_for(staged, 20, f"shard {upload} to wait for shards {missing}"))
 
 
 def wait_for_sets_cleaned(server: ServerProcess) -> None:
@@ -70,9 +71,9 @@ def write_two_versions_of_a_set(tmp_path: Path) -> tuple[list[Path], list[Path]]
 def test_split_set_incomplete_stays_out_of_models(server: ServerProcess, tmp_path: Path) -> None:
     shards = write_split_set(tmp_path, PREFIX, 3)
     client = TusClient(server.url)
-    ids = [client.upload(shard) for shard in shards[:2]]
-    for upload_id in ids:
-        status = wait_for_set(client, upload_id, missing=[3])
+    ids = [client.upload_file(shard) for shard in shards[:2]]
+    for upload in ids:
+        status = wait_for_set(client, upload, missing=[3])
         assert status["state"] == "verifying"
     assert os.listdir(server.models_dir) == []
     assert client.get_json("/api/models")["models"] == []
@@ -83,13 +84,13 @@ def test_split_set_wrong_split_no_fails_set(server: ServerProcess, tmp_path: Pat
     # shard 2's header claims to be shard 3 (split.no 2): the file name and the header disagree
     write_shard(shards[1], split_no=2, split_count=3, split_tensors_count=3, arch=None)
     client = TusClient(server.url)
-    first = client.upload(shards[0])
+    first = client.upload_file(shards[0])
     wait_for_set(client, first, missing=[2, 3])
-    bad = client.upload(shards[1])
-    status = client.wait_for_state(bad, ["installed", "failed"])
+    bad = client.upload_file(shards[1])
+    status = client.wait_state(bad, "installed", "failed")
     assert status["state"] == "failed"
     assert "split.no 2" in status["reason"] and "shard 2 of 3" in status["reason"], status["reason"]
-    last = client.upload(shards[2])
+    last = client.upload_file(shards[2])
     assert client.status(last)["state"] in ("queued", "verifying")
     assert os.listdir(server.models_dir) == []
 
@@ -102,8 +103,8 @@ def test_split_set_shard_from_other_set_fails_all(server: ServerProcess, tmp_pat
     intruder = write_shard(shard_path(tmp_path / "b", PREFIX, 3, 3), split_no=2, split_count=3,
                            split_tensors_count=5, tensors=3, arch=None)
     client = TusClient(server.url)
-    ids = [client.upload(shard) for shard in (shards[0], shards[1], intruder)]
-    statuses = [client.wait_for_state(upload_id, ["installed", "failed"]) for upload_id in ids]
+    ids = [client.upload_file(shard) for shard in (shards[0], shards[1], intruder)]
+    statuses = [client.wait_state(upload, "installed", "failed") for upload in ids]
     for status in statuses:
         assert status["state"] == "failed", status
         assert status["reason"].startswith("the split set cannot be installed: "), status["reason"]
@@ -117,18 +118,18 @@ def test_split_set_replaces_installed_set_with_allow_overwrite(start_server: Cal
     server = start_server(allow_overwrite=True)
     client = TusClient(server.url)
     old, new = write_two_versions_of_a_set(tmp_path)
-    assert [file_sha256(path) for path in old] != [file_sha256(path) for path in new]
-    for upload_id in [client.upload(shard) for shard in old]:
-        assert client.wait_for_state(upload_id, ["installed", "failed"])["state"] == "installed"
+    assert [sha256_of(path) for path in old] != [sha256_of(path) for path in new]
+    for upload in [client.upload_file(shard) for shard in old]:
+        assert client.wait_state(upload, "installed", "failed")["state"] == "installed"
     old_folder = (server.models_dir / PREFIX).stat().st_ino
     with ModelsWatcher(server.models_dir) as watcher:
-        ids = [client.upload(shard) for shard in new]
-        statuses = [client.wait_for_state(upload_id, ["installed", "failed"]) for upload_id in ids]
+        ids = [client.upload_file(shard) for shard in new]
+        statuses = [client.wait_state(upload, "installed", "failed") for upload in ids]
     assert [status["state"] for status in statuses] == ["installed", "installed"], statuses
     assert (server.models_dir / PREFIX).stat().st_ino != old_folder
     assert sorted(os.listdir(server.models_dir / PREFIX)) == [shard.name for shard in new]
     for shard in new:
-        assert file_sha256(server.models_dir / PREFIX / shard.name) == file_sha256(shard)
+        assert sha256_of(server.models_dir / PREFIX / shard.name) == sha256_of(shard)
     # every folder ever seen under the name held a whole set: the old one or the new one
     assert {s.children for s in watcher.sightings.values() if s.is_dir} == {tuple(shard.name for shard in new)}
     wait_for_sets_cleaned(server)
@@ -145,9 +146,9 @@ def test_split_set_recovery_frees_the_replaced_shards_a_crash_left(start_server:
     client = TusClient(server.url)
     old, new = write_two_versions_of_a_set(tmp_path)
     for shards in (old, new):
-        ids = [client.upload(shard) for shard in shards]
-        for upload_id in ids:
-            assert client.wait_for_state(upload_id, ["installed", "failed"])["state"] == "installed"
+        ids = [upload_id(client.upload_file(shard)) for shard in shards]
+        for upload in ids:
+            assert client.wait_state(upload, "installed", "failed")["state"] == "installed"
     wait_for_sets_cleaned(server)
     server.stop()
 
@@ -156,15 +157,15 @@ def test_split_set_recovery_frees_the_replaced_shards_a_crash_left(start_server:
     for shard in old:
         shutil.copyfile(shard, staging / "sets" / PREFIX / shard.name)
     (staging / "sets" / f"{PREFIX}.members.json").write_text(json.dumps({"1": ids[0], "2": ids[1]}))
-    for upload_id in ids:
-        status = staging / "uploads" / f"{upload_id}.status"
+    for upload in ids:
+        status = staging / "uploads" / f"{upload}.status"
         status.write_text(json.dumps({**json.loads(status.read_text()), "state": "verifying"}))
 
     server = start_server(allow_overwrite=True, env=FAST_REQUEUE)
     client = TusClient(server.url)
-    for upload_id in ids:
-        assert client.wait_for_state(upload_id, ["installed", "failed"], timeout=60)["state"] == "installed"
+    for upload in ids:
+        assert client.wait_state(upload, "installed", "failed", timeout=60)["state"] == "installed"
     wait_for_sets_cleaned(server)
     assert sorted(os.listdir(server.models_dir / PREFIX)) == [shard.name for shard in new]
     for shard in new:
-        assert file_sha256(server.models_dir / PREFIX / shard.name) == file_sha256(shard)
+        assert sha256_of(server.models_dir / PREFIX / shard.name) == sha256_of(shard)

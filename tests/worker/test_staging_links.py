@@ -17,7 +17,7 @@ from modeldrop.server.settings import Settings
 from modeldrop.server.store.info import UploadInfo
 from tests.ggufgen import write_model, write_split_set
 from tests.support.processes import ServerProcess
-from tests.worker.uploads import TusClient
+from tests.support.tus import TusClient
 
 PREFIX = "linked-set"
 
@@ -29,8 +29,8 @@ def test_split_set_folder_planted_as_a_link_moves_nothing_outside(server: Server
     (server.staging_dir / "sets").mkdir(exist_ok=True)
     (server.staging_dir / "sets" / PREFIX).symlink_to(outside)
     client = TusClient(server.url)
-    ids = [client.upload(shard) for shard in shards]
-    statuses = [client.wait_for_state(upload_id, ["installed", "failed"]) for upload_id in ids]
+    uploads = [client.upload_file(shard) for shard in shards]
+    statuses = [client.wait_state(upload, "installed", "failed") for upload in uploads]
     assert os.listdir(outside) == [], "shards were moved through the planted link"
     assert os.listdir(server.models_dir) == [], "something was published"
     for status in statuses:
@@ -47,8 +47,8 @@ def test_sets_folder_planted_as_a_link_moves_nothing_outside(server: ServerProce
         sets.rmdir()
     sets.symlink_to(outside)
     client = TusClient(server.url)
-    ids = [client.upload(shard) for shard in shards]
-    statuses = [client.wait_for_state(upload_id, ["installed", "failed"]) for upload_id in ids]
+    uploads = [client.upload_file(shard) for shard in shards]
+    statuses = [client.wait_state(upload, "installed", "failed") for upload in uploads]
     assert os.listdir(outside) == []
     assert os.listdir(server.models_dir) == []
     assert all(status["state"] == "failed" and "link" in status["reason"] for status in statuses), statuses
