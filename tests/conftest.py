@@ -1,4 +1,5 @@
-"""Fixtures that start real processes: modeldrop servers, RQ workers and redis-server, on free ports."""
+"""Fixtures that start real processes: modeldrop servers, RQ workers and redis-server, on free ports; a real
+GGUF model to upload, and relays to put between a client and a server."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from typing import Any
 
 import pytest
 
+from tests.ggufgen import write_model
 from tests.support.llama import BUILD_HINT, LlamaServer, llama_server_binary
+from tests.support.models import MIB
 from tests.support.processes import Process, RedisProcess, ServerProcess, WorkerProcess
+from tests.support.proxy import Proxy
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -91,3 +95,27 @@ def llama_server(tmp_path: Path, data_dir: Path, processes: list[Process]) -> Ll
     server = LlamaServer(binary, data_dir / "models", tmp_path / "llama-server.log")
     processes.append(server)
     return server.start()
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 24 MiB GGUF whose bytes never repeat (float32 ramps), so a misplaced block changes the hash.
+
+    24 MiB is three of the server's 8 MiB write batches.
+    """
+    return write_model(tmp_path_factory.mktemp("models") / "ramp-24m.gguf", tensors=3, tensor_elems=2 * MIB)
+
+
+@pytest.fixture
+def proxy() -> Iterator[Callable[..., Proxy]]:
+    """proxy(server, rate=None) -> a throttling, cuttable relay to that server's port, closed at the test's end."""
+    opened: list[Proxy] = []
+
+    def start(server: ServerProcess, **options: Any) -> Proxy:
+        relay = Proxy(server, **options)
+        opened.append(relay)
+        return relay
+
+    yield start
+    for relay in opened:
+        relay.close()

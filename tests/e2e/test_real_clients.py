@@ -7,17 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.clients import NodeUpload, tuspy_uploader, upload_with_node
-from tests.e2e.conftest import MIB
-from tests.e2e.wire import head_offset, sha256_of, stored_bytes, wait_installed
+from tests.support.clients import NodeUpload, tuspy_uploader, upload_with_node
+from tests.support.models import MIB, assert_installed
 from tests.support.processes import ServerProcess
-
-
-def assert_installed(server: ServerProcess, upload_url: str, source: Path) -> None:
-    state = wait_installed(server.url, upload_url)
-    installed = server.models_dir / state["final_name"]
-    assert sha256_of(installed) == sha256_of(source)
-    assert state["sha256"] == sha256_of(source)
+from tests.support.tus import TusClient, stored_bytes
 
 
 @pytest.mark.parametrize("options", [
@@ -50,7 +43,7 @@ def test_tuspy_resumes_with_the_stored_url(start_server: Callable[..., ServerPro
 
     resumed = tuspy_uploader(f"{server.url}/files/", model, chunk_size=3 * MIB, url_storage=storage)
     assert resumed.url == url, "tuspy did not find its stored upload URL"
-    assert resumed.offset == head_offset(url) == 9 * MIB
+    assert resumed.offset == TusClient(server.url).offset(url) == 9 * MIB
     assert stored_bytes(server, url) == model.read_bytes()[:9 * MIB]
     resumed.upload()
     assert_installed(server, url, model)
@@ -64,7 +57,7 @@ def test_tus_js_client_resumes_in_a_new_process_from_its_url_storage(
     first = NodeUpload(model, f"{server.url}/files/", chunk_size=4 * MIB, url_storage=storage, stop_after=9 * MIB)
     assert first.wait(30) == 3, first.transcript()
     url = first.of("stopped")[0]["url"]
-    offset = head_offset(url)
+    offset = TusClient(server.url).offset(url)
     assert 8 * MIB <= offset <= 12 * MIB  # two chunks, and what arrived of the aborted third
     assert stored_bytes(server, url) == model.read_bytes()[:offset]
 

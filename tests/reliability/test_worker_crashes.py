@@ -22,11 +22,10 @@ from typing import Any
 import pytest
 
 from tests.ggufgen import truncate_by, write_model, write_sparse_model
-from tests.reliability.conftest import Figures
-from tests.reliability.support import watcher_problems
-from tests.support.processes import RedisProcess, ServerProcess, WorkerProcess, wait_for
-from tests.worker.test_crash_recovery import descendants
-from tests.worker.uploads import ModelsWatcher, TusClient, file_sha256
+from tests.support.figures import Figures
+from tests.support.models import ModelsWatcher, sha256_of
+from tests.support.processes import RedisProcess, ServerProcess, WorkerProcess, descendants, wait_for
+from tests.support.tus import TusClient, upload_id
 
 FAST_REQUEUE = {"MODELDROP_STALE_AFTER": "1"}
 TERMINAL = ("installed", "failed")
@@ -106,10 +105,10 @@ def run_worker_crashes(start_server: Callable[..., ServerProcess], redis_server:
     mismatch = write_model(sources / "sha-mismatch.gguf", tensors=2, tensor_elems=2048)
     good = [big, *timed]
     client = TusClient(server.url)
-    ids = {client.upload(path): path.name for path in good}
+    ids = {upload_id(client.upload_file(path)): path.name for path in good}
     big_id = next(uid for uid, name in ids.items() if name == big.name)
-    bad = {client.upload(truncated): truncated.name,
-           client.upload(mismatch, sha256="0" * 64): mismatch.name}
+    bad = {upload_id(client.upload_file(truncated)): truncated.name,
+           upload_id(client.upload_file(mismatch, sha256="0" * 64)): mismatch.name}
     # no checkpoint: the worker must read every byte of the big one, which takes seconds
     (server.staging_dir / "uploads" / f"{big_id}.sha256").unlink()
     workers: list[WorkerProcess] = []
@@ -119,7 +118,11 @@ def run_worker_crashes(start_server: Callable[..., ServerProcess], redis_server:
         hit = kill_at(workers[-1], server, {big_id: big.name}, "hashing", timeout=60)
         hits.append(f"mid-hash: {hit}")
         record.faults += 1
-        assert not (server.models_dir / big.name).exists()
+        # the killed job leaves the upload as it was: verifying, its bytes in staging, nothing in models/
+        assert os.listdir(server.models_dir) == []
+        if hit is not None and "too late" not in hit:
+            assert status_record(server, big_id).get("state") == "verifying"
+            assert (server.staging_dir / "uploads" / f"{big_id}.bin").exists()
 
         redis_server.restart(lose_data=True)  # every queued job and the dead worker's locks are gone
         server.restart()  # kill -9; at start it requeues every complete upload that is not installed or failed
@@ -138,7 +141,7 @@ def run_worker_crashes(start_server: Callable[..., ServerProcess], redis_server:
             record.faults += 1
             workers.append(start_worker(redis_server.url))
 
-        outcomes = {uid: client.wait_for_state(uid, TERMINAL, timeout=150, interval=0.2) for uid in [*ids, *bad]}
+        outcomes = {uid: client.wait_state(uid, *TERMINAL, timeout=150, interval=0.2) for uid in [*ids, *bad]}
     problems = []
     for uid, name in ids.items():
         status, source = outcomes[uid], sources / name
@@ -147,7 +150,8 @@ def run_worker_crashes(start_server: Callable[..., ServerProcess], redis_server:
         if status["state"] != "installed":
             record.lost += 1
             problems.append(f"{name}: {status['state']}: {status['reason']}")
-        elif file_sha256(server.models_dir / name) != file_sha256(source) or times != 1:
+        elif sha256_of(server.models_dir / name) != sha256_of(source) or status["sha256"] != sha256_of(source) \
+                or times != 1:
             record.corrupt += 1
             problems.append(f"{name}: installed {times} times, sha256 {status['sha256']}")
         else:
@@ -161,7 +165,7 @@ def run_worker_crashes(start_server: Callable[..., ServerProcess], redis_server:
     installed = sorted(path.name for path in server.models_dir.iterdir() if not path.name.startswith("."))
     if installed != sorted(ids.values()):
         problems.append(f"models/ holds {installed}")
-    problems += watcher_problems(watcher, good)
+    problems += watcher.problems(good)
     assert not problems, "\n".join(problems)
 
 
