@@ -14,12 +14,11 @@ import pytest
 
 from modeldrop.server import errors
 from modeldrop.server.admission import Admission
-from modeldrop.server.app import create_app
-from modeldrop.server.settings import Settings
 from modeldrop.server.store.errors import StoreError
 from modeldrop.server.store.filestore import FileStore
 from modeldrop.server.store.info import UploadInfo
 from modeldrop.server.store import concat
+from tests.support.app import make_app, settings_for
 from tests.support.loop import run_scenario
 from tests.support.tus import PATCH_TYPE, TUS_VERSION, encode_metadata, gguf_bytes
 
@@ -79,9 +78,7 @@ def test_assemble_a_partial_cannot_be_deleted_between_its_claim_and_its_final(
 
 
 async def _delete_while_the_final_is_admitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = Settings(data_dir=tmp_path, models_dir=tmp_path / "models", staging_dir=tmp_path / "staging",
-                        lock_timeout=5.0, disk_headroom=0, fsync=False)
-    (tmp_path / "models").mkdir()
+    settings = settings_for(tmp_path, lock_timeout=5.0)
     admitting, proceed = threading.Event(), threading.Event()
     admit = Admission.admit
 
@@ -94,7 +91,7 @@ async def _delete_while_the_final_is_admitted(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(Admission, "admit", admit_slowly)
     model = gguf_bytes()
     tus = {"Tus-Resumable": TUS_VERSION}
-    transport = httpx.ASGITransport(app=create_app(settings))
+    transport = httpx.ASGITransport(app=make_app(settings))
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
         parts = []
         for piece in (model[:100], model[100:]):

@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from modeldrop.server.app import create_app
-from modeldrop.server.settings import Settings
 from modeldrop.server.tus.handler import TusHandler
+from tests.support.app import make_app, settings_for
 from tests.support.loop import run_scenario
 from tests.support.tus import encode_metadata, gguf_bytes
 
@@ -63,10 +62,8 @@ def test_release_request_between_lock_and_body_is_not_lost(tmp_path: Path, monke
 
 
 async def _release_request_between_lock_and_body(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = Settings(data_dir=tmp_path, models_dir=tmp_path / "models", staging_dir=tmp_path / "staging",
-                        lock_timeout=LOCK_TIMEOUT, idle_timeout=60.0, disk_headroom=0)
-    (tmp_path / "models").mkdir()
-    app = create_app(settings)
+    settings = settings_for(tmp_path, lock_timeout=LOCK_TIMEOUT, idle_timeout=60.0, fsync=True)
+    app = make_app(settings)
     model = gguf_bytes()
     status, headers = await _call(app, "POST", "/files/", {"upload-length": str(len(model)),
                                                           "upload-metadata": encode_metadata({"filename": "m.gguf"})})
