@@ -7,12 +7,17 @@ takes the socket instead can `splice` the bytes from the socket into the file in
 a server that hashes what it stores from one that does not (see bench/). The request is offered the
 socket under the ASGI extension `modeldrop.socket_body`; servers without it (h11, test clients) simply do
 not offer it and the handler reads through `receive` as usual.
+
+ASGI has no way to send an interim (1xx) response either, which the resumable uploads draft's `104 Upload
+Resumption Supported` is; every request on this protocol is offered `modeldrop.interim` (InterimResponses) to
+write one on the connection before its final response.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import httptools
@@ -21,6 +26,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from modeldrop.server.bounded_head import BoundedHeadProtocol
 
 EXTENSION = "modeldrop.socket_body"
+INTERIM = "modeldrop.interim"
 
 
 @dataclasses.dataclass
@@ -73,6 +79,40 @@ class SocketBody:
             self._cycle.keep_alive = False
 
 
+class InterimResponses:
+    """One request's way to write 1xx interim responses ahead of its final one (call it on the event loop).
+
+    Written through the transport, so in order with uvicorn's own writes; a pending `100 Continue` goes first
+    (a 104 does not stand in for it). Nothing is written once the final response has started, to an HTTP/1.0
+    client (which must not get 1xx), or on a connection that is closing.
+    """
+
+    def __init__(self, protocol: SocketBodyProtocol, cycle: RequestResponseCycle, http_version: str) -> None:
+        self._protocol = protocol
+        self._cycle = cycle
+        self._http_version = http_version
+
+    def send(self, status: int, reason: str, headers: Sequence[tuple[str, str]]) -> bool:
+        """Writes `HTTP/1.1 <status> <reason>` and headers; False if it could not be written."""
+        protocol, cycle = self._protocol, self._cycle
+        if not 102 <= status < 200 or self._http_version == "1.0":  # not 100 or 101: uvicorn's own
+            return False
+        if cycle.response_started or cycle.disconnected or protocol.cycle is not cycle:
+            return False
+        if protocol.transport.is_closing():
+            return False
+        lines = [f"HTTP/1.1 {status} {reason}"]
+        for name, value in headers:
+            if any(char in f"{name}{value}" for char in "\r\n\0"):
+                raise ValueError(f"interim header {name!r} has a line break")
+            lines.append(f"{name}: {value}")
+        if cycle.waiting_for_100_continue:
+            protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            cycle.waiting_for_100_continue = False
+        protocol.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        return True
+
+
 class SocketBodyProtocol(BoundedHeadProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -88,9 +128,12 @@ class SocketBodyProtocol(BoundedHeadProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        if self.cycle is None or self.cycle.scope is not self.scope:
+            return
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {})  # type: ignore[assignment]
+        extensions[INTERIM] = InterimResponses(self, self.cycle, self.scope["http_version"])
         content_length = self._content_length()
-        if content_length is not None and self.cycle is not None and self.cycle.scope is self.scope:
-            extensions: dict[str, Any] = self.scope.setdefault("extensions", {})  # type: ignore[assignment]
+        if content_length is not None:
             extensions[EXTENSION] = SocketBody(self, self.cycle, content_length)
 
     def _content_length(self) -> int | None:
