@@ -156,7 +156,8 @@ export function initUploads({ config, auth, onInstalled }) {
     endpoint,
     retryDelays: RETRY_DELAYS,
     limit: 3,
-    chunkSize: initChunkSize((bytes) => uppy.getPlugin('Tus').setOptions({ chunkSize: bytes })),
+    chunkSize: initChunkSize((bytes) => uppy.getPlugin('Tus').setOptions({ chunkSize: bytes }),
+      config.max_append_size || null),
     removeFingerprintOnSuccess: false,
     allowedMetaFields: BASE_META,
     onBeforeRequest(req) {
