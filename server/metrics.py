@@ -32,6 +32,8 @@ class Metrics:
         self.bytes_received = Counter("modeldrop_bytes_received", "upload bytes stored", registry=r)
         self.bytes_spliced = Counter("modeldrop_bytes_spliced", "of those, bytes of bodies taken off the socket "
                                      "and spliced into the file", registry=r)
+        self.bytes_direct = Counter("modeldrop_bytes_direct", "of those taken off the socket, bytes written with "
+                                    "O_DIRECT instead of spliced through the page cache", registry=r)
         self.uploads_created = Counter("modeldrop_uploads_created", "uploads created", registry=r)
         self.uploads_finished = Counter("modeldrop_uploads_finished", "uploads whose last byte arrived", registry=r)
         self.uploads_terminated = Counter("modeldrop_uploads_terminated", "uploads terminated by clients", registry=r)

@@ -196,6 +196,10 @@ class Settings:
     lock_timeout: float = setting(float, 10.0, "seconds a request waits for an upload's lock before 423",
                                  commands=SERVE)
     sync_interval: int = setting(parse_size, 256 * MIB, "bytes between syncs inside one long PATCH", commands=SERVE)
+    direct_io: bool = setting(
+        parse_bool, True,
+        "write large bodies with O_DIRECT, hashed from memory, instead of through the page cache (where the "
+        "file system allows it)", flag_kind="switch", commands=SERVE)
     expire_after: float = setting(
         float, 7 * 24 * 3600.0,
         "seconds an idle unfinished upload (also a partial no final used, or a split set no shard joined), "

@@ -62,6 +62,7 @@ class BodyResult:
     received: int               # body bytes stored by this request
     error: errors.HTTPError | None = None  # why the body stopped early, if it did
     disconnected: bool = False
+    direct: bool = False        # taken off the socket and written with O_DIRECT (store/direct.py)
 
 
 @dataclasses.dataclass
@@ -71,6 +72,7 @@ class BodyLimits:
     check_magic: bool           # the bytes at 0..3 must be GGUF (final uploads, not partials)
     idle_timeout: float
     checksum: tuple[str, bytes] | None = None
+    direct_io: bool = False     # a body taken off the socket may be written with O_DIRECT (store/direct.py)
 
 
 @dataclasses.dataclass

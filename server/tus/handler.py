@@ -328,7 +328,8 @@ class TusHandler:
         limit = info.length if info.length is not None else self.settings.max_size
         limits = BodyLimits(start=info.offset, length=limit, check_magic=not info.is_partial,
                             idle_timeout=self.settings.idle_timeout,
-                            checksum=(checksum.algorithm, checksum.digest) if checksum else None)
+                            checksum=(checksum.algorithm, checksum.digest) if checksum else None,
+                            direct_io=self.settings.direct_io)
         try:
             result = await self._receive(request, writer, limits, interruption)
         finally:
@@ -383,6 +384,8 @@ class TusHandler:
             finally:
                 self.socket_bodies -= 1
             self.metrics.bytes_spliced.inc(max(0, result.received))
+            if result.direct:
+                self.metrics.bytes_direct.inc(max(0, result.received))
         self.metrics.bytes_received.inc(max(0, result.received))
         return result
 

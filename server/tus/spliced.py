@@ -1,7 +1,9 @@
-"""Receiving a body straight off the socket: spliced into the upload's file by a thread of its own.
+"""Receiving a body straight off the socket, by a thread of its own.
 
 For large PATCH bodies without Upload-Checksum, on a server that offers its sockets
-(server/socket_body.py). The bytes never enter Python: the kernel moves them from the socket into a pipe
+(server/socket_body.py). Where the file system allows O_DIRECT (and --direct-io is on), the bytes are read
+into a few buffers that store/direct.py writes to the disk and hashes while the next ones fill: no page
+cache on the way. Otherwise they never enter Python: the kernel moves them from the socket into a pipe
 and from the pipe into the page cache, and the running sha256 reads them where they lie there
 (UploadWriter.splice_in). The promises are receive_body's: whatever stops the body (a disconnect, a
 stall, a release request, shutdown, a full disk) the bytes that arrived are written and synced before the
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import os
 import select
@@ -21,6 +24,7 @@ from concurrent.futures import Executor
 
 from modeldrop.server import errors, gguf
 from modeldrop.server.socket_body import SocketBody, TakenBody
+from modeldrop.server.store.direct import DirectAppender, open_direct
 from modeldrop.server.store.filestore import UploadWriter
 from modeldrop.server.tus.body import BodyLimits, BodyResult, Ending, Interruption, finish_body, stopped_error
 
@@ -42,6 +46,7 @@ class SocketPump:
         self.writer = writer
         self.limits = limits
         self.remaining = taken.remaining
+        self.direct = False  # whether the body went to the file with O_DIRECT
         self._stop = threading.Event()
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._poller = select.poll()
@@ -66,7 +71,16 @@ class SocketPump:
             head, ended = self._receive_magic(head)
         if head:
             self.writer.write([head])
-        return ended or self._splice_rest()
+        if ended is not None:
+            return ended
+        appender = open_direct(self.writer) if self.limits.direct_io else None
+        if appender is None:
+            return self._splice_rest()
+        self.direct = True
+        try:
+            return self._receive_direct(appender)
+        finally:
+            appender.close()
 
     def _receive_magic(self, head: bytes) -> tuple[bytes, str | None]:
         """Reads until the body covers the GGUF magic; an honest prefix of it is kept if the body ends."""
@@ -115,6 +129,42 @@ class SocketPump:
         finally:
             os.close(pipe_read)
             os.close(pipe_write)
+
+    def _receive_direct(self, appender: DirectAppender) -> str:
+        """Receives into the appender's buffers, which it writes with O_DIRECT and hashes while the next
+        fills; whatever ends the body, what arrived is handed over and drained before returning."""
+        ended = COMPLETE
+        while self.remaining and ended == COMPLETE:
+            space = appender.space(self.remaining)
+            filled = 0
+            try:
+                while filled < len(space):
+                    if self._stop.is_set():
+                        ended = STOPPED
+                        break
+                    try:
+                        count = os.readv(self.taken.fd, [space[filled:]])
+                    except BlockingIOError:
+                        waited = self._wait()
+                        if waited is not None:
+                            ended = waited
+                            break
+                        continue
+                    except OSError:  # reset, or any other failure of the connection
+                        count = 0
+                    if not count:
+                        ended = DISCONNECTED
+                        break
+                    filled += count
+            finally:
+                space.release()
+                appender.commit(filled)
+            self.remaining -= filled
+            if appender.position - self.writer.synced_offset >= self.writer.sync_interval:
+                appender.drain()
+                self.writer.sync_interval_step()
+        appender.drain()
+        return ended
 
     def _wait(self) -> str | None:
         """Until the socket is readable (None: read it to see what came), stopped, or idle too long."""
@@ -166,4 +216,4 @@ async def receive_from_socket(body: SocketBody, taken: TakenBody, writer: Upload
         ending.stopped = stopped_error(interruption.error, interruption.reason or "the server stopped it")
     result = await finish_body(writer, limits, interruption, ending)
     body.give_back(complete=ended == COMPLETE and result.error is None)
-    return result
+    return dataclasses.replace(result, direct=pump.direct)
