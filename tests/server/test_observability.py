@@ -9,15 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.metrics import metric
 from tests.support.processes import ServerProcess, free_port, wait_for
 from tests.support.tus import TusClient, gguf_bytes, upload_id
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" ([0-9.e+-]+|NaN)$"
-    match = re.search(pattern, text, flags=re.MULTILINE)
-    assert match is not None, f"{name}{{{labels}}} is not in /metrics"
-    return float(match.group(1))
 
 
 def test_healthz_answers_while_alive(server: ServerProcess) -> None:

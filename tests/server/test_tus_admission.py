@@ -4,14 +4,13 @@ max_uploads (429), disk space (507); and the GGUF content check on the first byt
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support import disk
 from tests.support.processes import ServerProcess
 from tests.support.tus import client  # noqa: F401  (fixture)
 from tests.support.tus import TusClient, assert_error, encode_metadata, gguf_bytes, module_server, running_server
@@ -34,19 +33,9 @@ PARTIAL = {"metadata": {}, "headers": {"Upload-Concat": "partial"}}
 @pytest.fixture(scope="module")
 def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server on a 64 MiB tmpfs keeping 32 MiB headroom: a little under 32 MiB can be admitted."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount_point = tmp_path_factory.mktemp("small-disk")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        with running_server(mount_point, fsync=False, disk_headroom="32MiB") as running:
-            yield running
-    finally:
-        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+    with disk.small_disk(tmp_path_factory.mktemp("small-disk"), 64) as mount_point, \
+            running_server(mount_point, fsync=False, disk_headroom="32MiB") as running:
+        yield running
 
 
 def clear(server: ServerProcess) -> None:
