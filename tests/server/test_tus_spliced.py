@@ -9,14 +9,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import re
 import time
 
-import httpx
 import pytest
 
 from modeldrop.server.store.digest import ResumableSha256
 from modeldrop.server.store.filestore import FileStore
+from tests.support.metrics import server_metric
 from tests.support.processes import ServerProcess, wait_for
 from tests.support.tus import client  # noqa: F401  (fixture)
 from tests.support.tus import (PATCH_TYPE, RawRequest, TusClient, assert_error, data_path, gguf_bytes, module_server,
@@ -29,10 +28,7 @@ MODEL = gguf_bytes(tensors=4, tensor_elems=512 * 1024)  # ~8 MiB
 
 
 def spliced_bytes(server: ServerProcess) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
-    match = re.search(r"^modeldrop_bytes_spliced_total ([0-9.e+]+)$", text, flags=re.MULTILINE)
-    assert match is not None, "modeldrop_bytes_spliced_total is not in /metrics"
-    return float(match.group(1))
+    return server_metric(server.url, "modeldrop_bytes_spliced_total")
 
 
 def checkpoint_digest(server: ServerProcess, location: str, offset: int) -> str:
