@@ -187,6 +187,9 @@ def _known(name: str, code_dir: Path, extra_args: tuple[str, ...]) -> Server:
     known = {
         "modeldrop": lambda: Server("modeldrop", "modeldrop", True, code_dir, extra_args),
         "modeldrop-nofsync": lambda: Server("modeldrop-nofsync", "modeldrop", False, code_dir, extra_args),
+        # fsync on, bodies spliced through the page cache as before O_DIRECT (store/direct.py): the A/B of that path
+        "modeldrop-splice": lambda: Server("modeldrop-splice", "modeldrop", True, code_dir,
+                                           (*extra_args, "--no-direct-io")),
         "tuspyserver": lambda: Server("tuspyserver", "tuspy"),
         "tus-node": lambda: Server("tus-node", "node"),
         "uvicorn-store": lambda: Server("uvicorn-store", "stack"),
