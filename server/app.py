@@ -26,9 +26,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modeldrop.cli import __version__
 from modeldrop.server import errors
 from modeldrop.server.admission import Admission
+from modeldrop.server.api import lookup
 from modeldrop.server.api.llama import LlamaApi
 from modeldrop.server.api.uploads import upload_status
 from modeldrop.server.components import Components, build
+from modeldrop.server.dedupe import MATCH_HEADER, Dedupe
 from modeldrop.server.finalizer import Finalizer, make_finalizer, requeue_stuck
 from modeldrop.server.locks.locker import AsyncLocker
 from modeldrop.server.metrics import Metrics, method_label
@@ -108,7 +110,9 @@ def create_app(settings: Settings, components: Components | None = None) -> Star
         raise ValueError("create_app: the components were built from other settings")
     parts = AppParts(build(settings) if components is None else components)
     parts.finalizer = make_finalizer(parts.components)
-    handler = TusHandler(settings, parts.store, parts.locker, parts.admission, parts.finalizer, parts.metrics)
+    dedupe = Dedupe(parts.components, parts.admission)  # creations of a file the server already has
+    handler = TusHandler(settings, parts.store, parts.locker, parts.admission, parts.finalizer, parts.metrics,
+                         dedupe)
     parts.tus = handler
     llama = LlamaApi(settings, parts.catalog, stopping=lambda: handler.shutting_down)
     parts.metrics.watch_store(parts.store, parts.finalizer.queue_depth)
@@ -173,6 +177,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Star
         Route("/api/models/{name:path}", authed(api_delete_model), methods=["DELETE"]),
         Route("/api/verify/{name:path}", authed(api_verify), methods=["GET"]),
         *llama.routes(authed),
+        *lookup.routes(settings, dedupe, authed),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -188,7 +193,8 @@ def create_app(settings: Settings, components: Components | None = None) -> Star
         Middleware(BrowserGuard, policy=policy),
         Middleware(MethodOverride),
         Middleware(CORSMiddleware, allow_origins=policy.cors_origins, allow_methods=["*"],
-                   allow_headers=["*"], expose_headers=EXPOSED_HEADERS, max_age=86400),
+                   allow_headers=["*"], expose_headers=[*EXPOSED_HEADERS, MATCH_HEADER],
+                   max_age=86400),
         Middleware(RequestMetrics, metrics=parts.metrics),
     ]
 
@@ -209,6 +215,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Star
             if parts.finalizer is not None:
                 parts.finalizer.close()
             handler.close()
+            dedupe.close()
             await llama.close()
             parts.components.close()
 

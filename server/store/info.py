@@ -35,6 +35,9 @@ class UploadInfo:
     parts: tuple[str, ...] = ()
     # a partial's final concatenation, from the moment that final claimed it: no other final may use it
     consumed_by: str | None = None
+    # who created it, for resuming it by digest (server/store/dedupe.py): a keyed hash of the bearer token, never
+    # the token; None when the server takes no tokens
+    token_fp: str | None = None
     # bytes durably stored: the data file's length, filled in by the store
     offset: int = 0
     # seconds since the epoch of the last byte written (data file mtime), filled in by the store
@@ -63,6 +66,7 @@ class UploadInfo:
             "concat": self.concat,
             "parts": list(self.parts),
             "consumed_by": self.consumed_by,
+            "token_fp": self.token_fp,
         }
         return json.dumps(record, sort_keys=True)
 
@@ -79,4 +83,5 @@ class UploadInfo:
             concat=record.get("concat"),
             parts=tuple(str(part) for part in record.get("parts") or ()),
             consumed_by=record.get("consumed_by"),
+            token_fp=record.get("token_fp"),
         )

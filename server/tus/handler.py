@@ -19,15 +19,17 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from modeldrop.server import errors
 from modeldrop.server.admission import Admission
+from modeldrop.server.dedupe import MATCH_HEADER, Dedupe, Kind, Match
 from modeldrop.server.metrics import Metrics
 from modeldrop.server.settings import Settings
 from modeldrop.server.socket_body import EXTENSION as SOCKET_BODY
 from modeldrop.server.store import concat
 from modeldrop.server.store.cache import UploadCache
+from modeldrop.server.store.dedupe import Claim, token_fingerprint
 from modeldrop.server.store.errors import StoreError
 from modeldrop.server.store.filestore import FileStore, UploadWriter
 from modeldrop.server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, UploadInfo
@@ -60,13 +62,14 @@ class _ReleaseRelay:
 
 class TusHandler:
     def __init__(self, settings: Settings, store: FileStore, locker: Locker, admission: Admission,
-                 finalizer: FinalizeQueue, metrics: Metrics) -> None:
+                 finalizer: FinalizeQueue, metrics: Metrics, dedupe: Dedupe | None = None) -> None:
         self.settings = settings
         self.store = store
         self.locker = locker
         self.admission = admission
         self.finalizer = finalizer
         self.metrics = metrics
+        self.dedupe = dedupe  # a creation that declares its sha256 may need no new upload (server/dedupe.py)
         self.active: dict[str, Interruption] = {}
         self.shutting_down = False
         # Bodies are written by a few threads and hashed alongside by as many (half the cores each), not
@@ -147,6 +150,12 @@ class TusHandler:
         is_partial = concat is not None and concat.kind == CONCAT_PARTIAL
         needs_name = not is_partial or "filename" in metadata  # a partial is not a model on its own
         filename = tus.validate_filename(metadata.get("filename")) if needs_name else None
+        token_fp = token_fingerprint(self.settings.token, h)
+        if self.dedupe is not None and filename and sha256 and length and concat is None and "set" not in metadata:
+            claim = Claim(filename, length, sha256, token_fp, h.get("upload-metadata", ""))
+            match = await asyncio.to_thread(self.dedupe.match, claim)  # resumed, linked or installed already
+            if match is not None:
+                return await self._matched(request, match, bool(tus.parse_content_length(h)))
         if filename is not None and not is_partial:
             await asyncio.to_thread(self.admission.check_name_free, filename)
         if length == 0 and not is_partial:
@@ -162,7 +171,7 @@ class TusHandler:
                                       f"{body_limit}")
 
         info = UploadInfo(id=self.store.new_id(), length=length, metadata_header=h.get("upload-metadata", ""),
-                          filename=filename, sha256_expected=sha256, created_at=time.time(),
+                          filename=filename, sha256_expected=sha256, created_at=time.time(), token_fp=token_fp,
                           concat=concat.kind if concat else None)
         if concat is not None and concat.kind == CONCAT_FINAL:
             return await self._create_final(request, info, concat.parts)
@@ -181,6 +190,24 @@ class TusHandler:
                 response_headers.update(self._upload_headers(outcome))
                 response_headers["Upload-Offset"] = str(outcome.offset)
         return Response(status_code=201, headers=response_headers)
+
+    async def _matched(self, request: Request, match: Match, has_body: bool) -> Response:
+        """A creation the server needs no new upload for: 201 naming the upload it has (Modeldrop-Match says why),
+        with its durable offset. The body of a creation-with-upload is stored only where it fits: at byte 0 of a
+        resumed upload that has none yet; otherwise it is not read (the connection closes after the answer)."""
+        info = match.info
+        headers = {"Location": f"{self._base_url(request)}{BASE_PATH}{info.id}", **self._upload_headers(info),
+                   "Upload-Offset": str(info.offset), "Upload-Length": str(info.length), MATCH_HEADER: match.kind}
+        async with contextlib.AsyncExitStack() as held:
+            if match.kind is Kind.RESUMED and not info.is_complete:  # a durable offset: a writer is asked to let go
+                lock = await held.enter_async_context(await self._lock(info.id))
+                info = await self._load(info.id)
+                headers["Upload-Offset"] = str(info.offset)
+                if has_body and info.offset == 0:
+                    info = await self._write_body(request, info, lock)
+                    headers.update(self._upload_headers(info))
+                    headers["Upload-Offset"] = str(info.offset)
+        return JSONResponse({**match.body(), "offset": info.offset}, status_code=201, headers=headers)
 
     async def _create_final(self, request: Request, info: UploadInfo, urls: tuple[str, ...]) -> Response:
         """Concatenation: the store assembles the final; this request holds the partials' locks meanwhile."""

@@ -1,0 +1,37 @@
+"""Fixtures of the tests of resume-by-digest and installs by link: the files they upload, and the CLI's environment."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.models import sha256_of
+
+
+@pytest.fixture
+def digest(model: Path) -> str:
+    """The sha256 of the session's 24 MiB model (tests/conftest.py)."""
+    return sha256_of(model)
+
+
+@pytest.fixture
+def copy_of(tmp_path: Path, model: Path) -> Callable[[str], Path]:
+    """copy_of(name) -> the model's bytes under another file name, as another machine would have them."""
+    def make(name: str) -> Path:
+        folder = tmp_path / "elsewhere" / name
+        folder.mkdir(parents=True)
+        return Path(shutil.copyfile(model, folder / name))
+    return make
+
+
+@pytest.fixture
+def client_env(tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment: a state file of its own (empty: this machine never uploaded anything)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MODELDROP_")}
+    env["MODELDROP_STATE_FILE"] = str(tmp_path / "client-state" / "uploads.json")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
