@@ -18,6 +18,13 @@ TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 MODEL_CONTENT_TYPE = "application/octet-stream"
 STATUS_HEADER = "Modeldrop-Status"
+# on a creation the server answered with an upload it had already: resumed, linked or installed
+MATCH_HEADER = "Modeldrop-Match"
+_MATCH_WORDS = {
+    "resumed": "continuing the server's unfinished upload of this file",
+    "linked": "the server has these bytes under another name and installed them under this one; nothing to send",
+    "installed": "already installed on the server; nothing to send",
+}
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 
 # States of the server's finalize pipeline; the last two never change again.
@@ -157,6 +164,17 @@ def error_message(status: int, reason: str, body: bytes) -> tuple[str | None, st
     text = body[:200].decode("utf-8", "replace").strip()
     summary = f"HTTP {status} {reason}".strip()
     return None, f"{summary}: {text}" if text else summary
+
+
+def match_message(body: bytes, kind: str | None) -> str:
+    """What the server did instead of making a new upload (Modeldrop-Match), in its own words when it gave them."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("message"), str):
+        return str(document["message"])
+    return _MATCH_WORDS.get(str(kind), f"the server answered the creation with {kind!r}")
 
 
 # ---------------------------------------------------------------- URLs

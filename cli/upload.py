@@ -29,6 +29,7 @@ from modeldrop.cli.client import (
     add_server_arguments,
     server_and_token,
 )
+from modeldrop.cli.digest import lookup_candidates, sha256_of, worth_hashing
 from modeldrop.cli.progress import Progress
 from modeldrop.cli.state import UploadMemory, default_state_file
 
@@ -132,6 +133,11 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--sha256", metavar="HEX", default=None,
                         help="expected SHA-256 of the file, checked by the server before installing "
                              "(only with a single FILE; for several, write FILE=SHA256)")
+    parser.add_argument("--hash", action="store_true",
+                        help="compute each file's SHA-256 before sending it (once per version of the file), so the "
+                             "server can continue an upload of it made elsewhere or install a copy it already has "
+                             "without a byte sent; without --hash a file is hashed only when the server has a file "
+                             "of its size to compare with")
     parser.add_argument("--chunk-size", metavar="SIZE", type=_size_argument, default=None,
                         help="send at most SIZE bytes per PATCH, e.g. 90MiB behind Cloudflare's 100 MB "
                              "request limit (units K/M/G/T are binary; default: the whole file in one PATCH)")
@@ -205,7 +211,7 @@ def run(command: str, args: argparse.Namespace) -> int:
         http=HttpClient(timeout=args.timeout), server=server, token=token,
         memory=UploadMemory(args.state_file or default_state_file(os.environ)),
         policy=tus.RetryPolicy(attempts=args.retries, first_delay=args.retry_delay),
-        chunk_size=args.chunk_size, wait=args.wait, quiet=args.quiet, stderr=stderr)
+        chunk_size=args.chunk_size, wait=args.wait, quiet=args.quiet, stderr=stderr, hash_files=args.hash)
     all_installed = True
     sent: list[Sent] = []
     reported: set[str] = set()
@@ -277,10 +283,12 @@ class Uploader:
 
     def __init__(self, http: HttpClient, server: str, token: str | None, memory: UploadMemory,
                  policy: tus.RetryPolicy, chunk_size: int | None, wait: bool, quiet: bool, stderr: TextIO,
-                 sleep: Callable[[float], None] = time.sleep, jitter: Callable[[], float] = random.random):
+                 sleep: Callable[[float], None] = time.sleep, jitter: Callable[[], float] = random.random,
+                 hash_files: bool = False):
         self.http, self.server, self.token, self.memory, self.policy = http, server, token, memory, policy
         self.chunk_size, self.wait, self.quiet, self.stderr = chunk_size, wait, quiet, stderr
         self.sleep, self.jitter = sleep, jitter
+        self.hash_files = hash_files  # --hash: every file's digest before its creation (cli/digest.py)
 
     def close(self) -> None:
         self.http.close()
@@ -376,7 +384,7 @@ class Uploader:
             if position is not None:
                 return position
             self.memory.forget(key)
-        return self._create(job, key)
+        return self._create(self._with_digest(job, key), key)
 
     def _head(self, job: UploadJob, remembered: Mapping[str, Any]) -> Position | None:
         """The remembered upload's position, or None when the server no longer has it."""
@@ -415,6 +423,8 @@ class Uploader:
         # Remember before the first byte goes out: a run killed during that PATCH must find it again.
         self.memory.remember(key, url=upload_url, status_url=status_url, path=str(job.path), size=job.size)
         offset_header = response.header("Upload-Offset")
+        if response.header(tus.MATCH_HEADER):  # the server had this file already: resumed, linked or installed
+            self._note(f"{job.name}: {tus.match_message(response.body, response.header(tus.MATCH_HEADER))}")
         return Position(upload_url, tus.parse_offset(offset_header) if offset_header else 0, status_url)
 
     def _patch(self, job: UploadJob, position: Position, progress: Progress) -> Position:
@@ -453,6 +463,39 @@ class Uploader:
             return document
 
     # -------------------------------------------------------- helpers
+
+    def _with_digest(self, job: UploadJob, key: str) -> UploadJob:
+        """The job with its sha256 when it is known or worth computing (cli/digest.py): a creation that declares
+        it is answered with what the server has of the file instead of a new upload at zero."""
+        if job.sha256 is not None:
+            return job
+        remembered = (self.memory.get(key) or {}).get("sha256")
+        if isinstance(remembered, str) and len(remembered) == 64:
+            return job._replace(sha256=remembered)
+        if not self.hash_files:
+            if not worth_hashing(self._lookup(job.size), job.name):
+                return job
+            self._note(f"{job.name}: the server has a file of this size; hashing this one to compare")
+        self._check_unchanged(job)
+        progress = Progress(self.stderr, f"{job.name} (sha256)", job.size, quiet=self.quiet)
+        try:
+            digest = sha256_of(job.path, progress.advance)
+        except OSError as error:
+            raise LocalFileError(f"cannot read {job.path}: {error.strerror or error}") from error
+        finally:
+            progress.finish()
+        self._check_unchanged(job)  # edited while it was read: the digest would be of neither version
+        self.memory.remember(key, sha256=digest)
+        return job._replace(sha256=digest)
+
+    def _lookup(self, size: int) -> list[Mapping[str, Any]]:
+        """What the server knows of files of this size (GET /api/lookup); nothing when it cannot say."""
+        try:
+            url = tus.api_url(self.server, f"lookup?size={size}")
+            response = self._request("GET", url, tus.json_headers(self.token))
+            return lookup_candidates(response.json()) if response.ok else []
+        except (Retryable, tus.ProtocolError):
+            return []
 
     def _server_failure(self, status_url: str | None) -> str | None:
         """The reason the server failed this upload, or None (also when it cannot say: this is a hint only)."""
