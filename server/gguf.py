@@ -45,6 +45,12 @@ MAX_ELEMENTS = 2**62  # dims, element counts, offsets: anything larger is nonsen
 
 READ_BLOCK_BYTES = 1024 * 1024
 
+# A multimodal projector's header (see GGUFFacts.is_projector), and the word llama-server's models-dir scan looks
+# for in a file name inside a model's folder to take that file as the projector (common/preset.cpp: "mmproj").
+PROJECTOR_ARCHITECTURE = "clip"
+PROJECTOR_TYPE = "mmproj"
+PROJECTOR_NAME_MARK = "mmproj"
+
 
 def magic_verdict(data: bytes, start: int = 0) -> bool | None:
     """Whether `data`, a file's bytes from offset `start` on, agree with the GGUF magic at its head.
@@ -131,7 +137,8 @@ class GGUFError(Exception):
     """The file is not a GGUF model llama-server could load; `reason` says why, in one sentence.
 
     `code` is stable for programs and tests: not_gguf, big_endian, unsupported_version, truncated,
-    trailing_data, limit_exceeded, corrupt, bad_shard_name, split_incomplete, split_inconsistent.
+    trailing_data, limit_exceeded, corrupt, bad_shard_name, split_incomplete, split_inconsistent,
+    not_projector, set_incomplete, set_inconsistent.
     """
 
     def __init__(self, reason: str, *, code: str = "corrupt") -> None:
@@ -159,6 +166,17 @@ class GGUFFacts:
     split_count: int | None
     split_tensors_count: int | None  # tensors across the whole set (meaningful in the first shard)
     header_bytes: int  # bytes of header parsed: magic to the end of the tensor infos
+    general_type: str | None = None  # general.type: "model", "mmproj", "adapter"... (absent from older files)
+
+    @property
+    def is_projector(self) -> bool:
+        """A multimodal projector (what llama-server takes as --mmproj), not a model that runs on its own.
+
+        llama.cpp's convert_hf_to_gguf.py writes a projector with general.architecture "clip" (gguf-py's
+        MODEL_ARCH.MMPROJ) and general.type "mmproj"; the older llava/clip converters wrote only the "clip"
+        architecture. Either one says projector.
+        """
+        return self.architecture == PROJECTOR_ARCHITECTURE or self.general_type == PROJECTOR_TYPE
 
     def to_json(self) -> dict[str, int | str | None]:
         return dataclasses.asdict(self)
@@ -310,7 +328,7 @@ class _OtherType:
 
 _KEPT_KEYS = frozenset({
     b"general.architecture", b"general.name", b"general.size_label", b"general.file_type",
-    b"general.alignment", b"split.no", b"split.count", b"split.tensors.count",
+    b"general.alignment", b"split.no", b"split.count", b"split.tensors.count", b"general.type",
 })
 _CONTEXT_LENGTH_SUFFIX = b".context_length"
 _MAX_CONTEXT_LENGTH_KEYS = 64  # the architecture is not known yet while keys stream past
@@ -576,6 +594,7 @@ def parse_header(read: Callable[[int], bytes], file_size: int) -> GGUFFacts:
         split_count=_kept_int(values, b"split.count"),
         split_tensors_count=_kept_int(values, b"split.tensors.count"),
         header_bytes=stream.offset,
+        general_type=_kept_str(values, b"general.type"),
     )
 
 
@@ -703,3 +722,56 @@ def check_split_set(shards: Sequence[tuple[ShardName, GGUFFacts]]) -> None:
     if total != first.split_tensors_count:
         raise _inconsistent(f"the shards hold {total:,} tensors in all but shard 1 of {count} says "
                             f"split.tensors.count is {first.split_tensors_count:,}")
+
+
+# --- model sets: a model's folder as llama-server's router reads it ------------------------------------------------
+
+
+def is_projector_name(filename: str) -> bool:
+    """Whether llama-server's scan of a model's folder takes this file as the projector (its name holds "mmproj")."""
+    return PROJECTOR_NAME_MARK in filename
+
+
+def check_model_set(files: Sequence[tuple[str, GGUFFacts]]) -> None:
+    """A folder llama-server loads as one model: one model (a single file, or every shard of one split set) and at
+    most one projector, each named for the part it is (the scan goes by names: "mmproj" in the name is the
+    projector, "-00001-of-" the first shard, any other .gguf the model), and each header saying the same.
+
+    Each file's own completeness (check_complete) is the caller's job, as for check_split_set.
+    """
+    projectors = [(name, facts) for name, facts in files if is_projector_name(name)]
+    models = [(name, facts) for name, facts in files if not is_projector_name(name)]
+    if len(projectors) > 1:
+        listed = ", ".join(name for name, _ in sorted(projectors, key=lambda item: item[0]))
+        raise GGUFError(f"the set holds more than one projector ({listed}): llama-server would use only one of them",
+                        code="set_inconsistent")
+    for name, facts in projectors:
+        if not facts.is_projector:
+            raise GGUFError(f"{name} is named as a projector (llama-server takes a file whose name holds "
+                            f"{PROJECTOR_NAME_MARK!r} as the projector) but its header says it is a "
+                            f"{facts.architecture or 'headerless'} model (general.architecture, general.type), "
+                            "not a multimodal projector", code="not_projector")
+    for name, facts in models:
+        if facts.is_projector:
+            raise GGUFError(f"{name} is a multimodal projector (general.architecture {facts.architecture!r}, "
+                            f"general.type {facts.general_type!r}), but its name lacks {PROJECTOR_NAME_MARK!r}: "
+                            "llama-server would load it as the model; name it mmproj-….gguf", code="set_inconsistent")
+    if not models:
+        raise GGUFError("the set holds a projector but no model", code="set_incomplete")
+    shards: list[tuple[ShardName, GGUFFacts]] = []
+    singles = []
+    for name, facts in models:
+        shard = parse_shard_name(name)
+        if shard is None:
+            singles.append(name)
+        else:
+            shards.append((shard, facts))
+    if len(singles) > 1 or (singles and shards):
+        listed = ", ".join(sorted(name for name, _ in models))
+        raise GGUFError(f"the set holds more than one model ({listed}): llama-server would load only one of them",
+                        code="set_inconsistent")
+    if shards:
+        check_split_set(shards)
+    elif models[0][1].architecture is None:
+        raise GGUFError(f"{models[0][0]} has no general.architecture: llama-server cannot load it",
+                        code="set_inconsistent")

@@ -4,7 +4,7 @@ Every writer here produces what gguf-py would produce for a model, so GGUFReader
 on it; the corruptors (`truncate_by`, `append_junk`, `wrong_magic`) then damage a file on purpose.
 Large files are sparse: a real header followed by a hole, so multi-GB tests write only kilobytes.
 
-    from tests.ggufgen import write_model, write_split_set, truncate_by
+    from tests.ggufgen import write_model, write_split_set, write_projector, truncate_by
 """
 
 from __future__ import annotations
@@ -246,6 +246,69 @@ def write_runnable_llama(path: str | os.PathLike[str], *, name: str = "Tiny Runn
         writer.add_tensor(f"{prefix}.ffn_down.weight", weight(embd, ffn))
     writer.add_tensor("output_norm.weight", np.ones(embd, dtype=np.float32))
     writer.add_tensor("output.weight", weight(len(tokens), embd))
+    _write(writer)
+    return Path(path)
+
+
+def write_projector(path: str | os.PathLike[str], *, name: str | None = "Tiny Projector", legacy: bool = False,
+                    projector_type: str = "mlp", text_embd: int = 64, embd: int = 32, heads: int = 4, blocks: int = 1,
+                    ffn: int = 64, image_size: int = 32, patch_size: int = 8, seed: int = 0) -> Path:
+    """A small multimodal projector (an `mmproj-*.gguf`), with the header llama.cpp's converters write for one.
+
+    convert_hf_to_gguf.py (MmprojModel) writes general.architecture "clip" (gguf-py's MODEL_ARCH.MMPROJ),
+    general.type "mmproj", general.file_type and clip.* keys: clip.has_vision_encoder, clip.projector_type and the
+    vision encoder's shape (clip.vision.image_size, patch_size, embedding_length, feed_forward_length, block_count,
+    head_count, projection_dim = the text model's embedding length, attention.layer_norm_epsilon, image_mean,
+    image_std, use_gelu), then the encoder's tensors (v.patch_embd, v.position_embd, v.blk.N.*) and the projector's
+    (mm.0, mm.2 for the llava "mlp" type). `legacy=True` leaves out general.type, as the older llava/clip
+    converters (convert_image_encoder_to_gguf.py) did: their files say projector by the "clip" architecture alone.
+    """
+    rng = np.random.default_rng(seed)
+    writer = _writer(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ], name=name, size_label=None,
+                     file_type=gguf.LlamaFileType.ALL_F32, context_length=None)
+    if not legacy:
+        writer.add_type(gguf.GGUFType.MMPROJ)
+    else:
+        writer.add_bool(gguf.Keys.Clip.HAS_LLAVA_PROJECTOR, True)
+    writer.add_clip_has_vision_encoder(True)
+    writer.add_clip_projector_type(projector_type)
+    writer.add_vision_image_size(image_size)
+    writer.add_vision_patch_size(patch_size)
+    writer.add_vision_embedding_length(embd)
+    writer.add_vision_feed_forward_length(ffn)
+    writer.add_vision_block_count(blocks)
+    writer.add_vision_head_count(heads)
+    writer.add_vision_projection_dim(text_embd)
+    writer.add_vision_attention_layernorm_eps(1e-6)
+    writer.add_vision_image_mean([0.5, 0.5, 0.5])
+    writer.add_vision_image_std([0.5, 0.5, 0.5])
+    writer.add_vision_use_gelu(True)
+
+    def weight(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    patches = (image_size // patch_size) ** 2
+    writer.add_tensor("v.patch_embd.weight", weight(embd, 3, patch_size, patch_size))
+    writer.add_tensor("v.class_embd", weight(embd))
+    writer.add_tensor("v.position_embd.weight", weight(patches + 1, embd))
+    writer.add_tensor("v.pre_ln.weight", np.ones(embd, dtype=np.float32))
+    writer.add_tensor("v.pre_ln.bias", np.zeros(embd, dtype=np.float32))
+    for block in range(blocks):
+        prefix = f"v.blk.{block}"
+        for part in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            writer.add_tensor(f"{prefix}.{part}.weight", weight(embd, embd))
+            writer.add_tensor(f"{prefix}.{part}.bias", np.zeros(embd, dtype=np.float32))
+        for norm in ("ln1", "ln2"):
+            writer.add_tensor(f"{prefix}.{norm}.weight", np.ones(embd, dtype=np.float32))
+            writer.add_tensor(f"{prefix}.{norm}.bias", np.zeros(embd, dtype=np.float32))
+        writer.add_tensor(f"{prefix}.ffn_up.weight", weight(ffn, embd))
+        writer.add_tensor(f"{prefix}.ffn_up.bias", np.zeros(ffn, dtype=np.float32))
+        writer.add_tensor(f"{prefix}.ffn_down.weight", weight(embd, ffn))
+        writer.add_tensor(f"{prefix}.ffn_down.bias", np.zeros(embd, dtype=np.float32))
+    writer.add_tensor("mm.0.weight", weight(text_embd, embd))
+    writer.add_tensor("mm.0.bias", np.zeros(text_embd, dtype=np.float32))
+    writer.add_tensor("mm.2.weight", weight(text_embd, text_embd))
+    writer.add_tensor("mm.2.bias", np.zeros(text_embd, dtype=np.float32))
     _write(writer)
     return Path(path)
 
