@@ -11,18 +11,54 @@ from typing import TypeVar
 from modeldrop.server import errors, gguf
 from modeldrop.server.locks import LockSpace
 from modeldrop.server.settings import Settings
+from modeldrop.server.store import sets
 from modeldrop.server.store.filestore import FileStore
+from modeldrop.server.tus import headers as tus
 
 Created = TypeVar("Created")
 ADMISSION_LOCK = "admission"
 
-def installed_name(filename: str) -> str:
-    """The entry a finished upload becomes in the models directory: the file, or a split set's folder."""
+def installed_name(filename: str, set_name: str | None = None) -> str:
+    """The entry a finished upload becomes in the models directory: the file, or its set's folder."""
     try:
         shard = gguf.parse_shard_name(filename)
     except gguf.GGUFError as exc:
         raise errors.InvalidFilename(exc.reason) from None
-    return shard.prefix if shard else filename
+    return set_name or (shard.prefix if shard else filename)
+
+
+def read_set(metadata: Mapping[str, str], filename: str) -> sets.Member | None:
+    """The model set an upload's metadata makes it a file of: `set` (the set's folder in the models directory,
+    named as a file is, without `.gguf`) and `set_size` (how many uploads make the set); None for a file
+    installed on its own. Refuses what can never be a set llama-server loads (400 invalid_set)."""
+    name, size_text = metadata.get("set") or None, metadata.get("set_size") or None
+    if name is None and size_text is None:
+        if gguf.is_projector_name(filename):
+            raise errors.InvalidSet(f"{filename!r} is a projector (its name holds 'mmproj'): it is installed in its "
+                                    "model's folder, so it needs `set` metadata (the model's name: its folder, or an "
+                                    "installed NAME.gguf) and `set_size` (how many files are uploaded for the set)")
+        return None
+    if name is None or size_text is None:
+        raise errors.InvalidSet("`set` and `set_size` go together: the set's name and how many uploads make it")
+    if name.lower().endswith(".gguf"):
+        raise errors.InvalidSet(f"the set {name[:80]!r} names a folder: leave out the .gguf")
+    try:
+        tus.validate_filename(f"{name}.gguf")
+    except errors.HTTPError as exc:
+        raise errors.InvalidSet(f"the set name is a folder's name, with a file name's rules: {exc.message}") from None
+    if not size_text.isascii() or not size_text.isdigit() or not 1 <= int(size_text) <= sets.MAX_SET_SIZE:
+        raise errors.InvalidSet(f"`set_size` must be a whole number from 1 to {sets.MAX_SET_SIZE}, "
+                                f"not {size_text[:20]!r}")
+    try:
+        place = sets.member(filename, name, int(size_text))
+    except gguf.GGUFError as exc:
+        raise errors.InvalidFilename(exc.reason) from None
+    assert place is not None
+    shard_count = place.shard.count if place.shard is not None else None
+    problem = sets.composition_problem(place.size, [place.key], shard_count)
+    if problem is not None:
+        raise errors.InvalidSet(problem)
+    return place
 
 
 def model_id(entry: str) -> str:
@@ -84,18 +120,26 @@ class Admission:
             raise errors.Unauthorized("the token is not valid for this server",
                                       headers={"WWW-Authenticate": 'Bearer realm="modeldrop", error="invalid_token"'})
 
-    def check_name_free(self, filename: str) -> None:
+    def check_name_free(self, filename: str, place: sets.Member | None = None) -> None:
         """A model that is installed is never replaced silently (unless overwriting is enabled), and never
-        shadowed by a second entry with its llama-server id (not even with overwriting)."""
-        name = installed_name(filename)
-        others = same_model_entries(Path(self.settings.models_dir), name)
+        shadowed by a second entry with its llama-server id (not even with overwriting). A projector sent alone
+        for a set joins the installed model of the set's name instead: that model must be there."""
+        models_dir = Path(self.settings.models_dir)
+        name = installed_name(filename, place.set if place is not None else None)
+        if place is not None and place.adopts_installed:
+            problem = sets.adoption_problem(models_dir, name, self.settings.allow_overwrite)
+            if problem is not None:
+                raise errors.InvalidSet(problem)
+            return
+        others = same_model_entries(models_dir, name)
         if others:
             reason = describe_same_model(name, name != filename, others)
             raise errors.AlreadyInstalled(f"{reason}: delete it first or upload under another name")
         if self.settings.allow_overwrite:
             return
-        if (Path(self.settings.models_dir) / name).exists():
-            what = "a split model" if name != filename else "a model"
+        if (models_dir / name).exists():
+            what = ("a model set" if place is not None and place.named else "a split model" if name != filename
+                    else "a model")
             raise errors.AlreadyInstalled(f"{what} named {name!r} is already installed; delete it first or "
                                           "upload under another name")
 

@@ -126,6 +126,10 @@ class Catalog:
         except (FileNotFoundError, ValueError):
             return {}
 
+    def remove_record(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._record_path(name).unlink()
+
     def write_record(self, name: str, **fields: Any) -> None:
         make_directories(self.records_dir)
         record = self.read_record(name)
@@ -159,7 +163,12 @@ class Catalog:
     # -- listing ------------------------------------------------------------------------------------
 
     def entry(self, name: str) -> dict[str, Any] | None:
-        """The model `name` in the models directory, or None (not there, not a model, or a link)."""
+        """The model `name` in the models directory, or None (not there, not a model, or a link).
+
+        A folder is one model llama-server loads from it: a split model's shards (kind "split"), or a model and
+        its projector (kind "set"); `parts` lists its files with the part each is, as llama-server's scan reads
+        their names: "shard", "model" or "projector".
+        """
         if not entry_name_is_safe(name):
             return None
         path = self.models_dir / name
@@ -173,10 +182,16 @@ class Catalog:
         if not name.lower().endswith(".gguf") or not stat_module.S_ISREG(stat.st_mode):
             return None
         facts, problem = self.facts_of(path)
+        if problem is None and facts is not None and (facts.get("type") == gguf.PROJECTOR_TYPE
+                                                      or facts.get("architecture") == gguf.PROJECTOR_ARCHITECTURE):
+            problem = ("a multimodal projector on its own: llama-server uses it only beside its model, in the "
+                       "model's folder (upload it with `set` metadata naming the model)")
         unchanged = record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns
+        sha256 = record.get("sha256") if unchanged else None
         return {
             "name": name, "kind": "file", "size": stat.st_size, "mtime": iso(stat.st_mtime),
-            "sha256": record.get("sha256") if unchanged else None, "gguf": facts, "shards": None,
+            "sha256": sha256, "gguf": facts, "shards": None, "projector": None,
+            "parts": [{"name": name, "role": "model", "size": stat.st_size, "sha256": sha256}],
             "status": "ok" if problem is None else "invalid", "problem": problem,
             "installed_at": iso(record.get("installed_at")), "upload_id": record.get("upload_id"),
             "llama_server": record.get("llama_server"),
@@ -190,30 +205,54 @@ class Catalog:
 
     def _directory_entry(self, name: str, path: Path, stat: os.stat_result,
                          record: dict[str, Any]) -> dict[str, Any] | None:
-        files = sorted(self._shard_files(path), key=lambda child: child.name)
+        files = sorted(self._shard_files(path), key=lambda child: (part_role(child.name) == "projector", child.name))
         if not files:
             return None
-        shards = []
-        first_facts = None
+        digests = record.get("shard_sha256") or {}
+        parts = []
+        model_facts = projector = None
         problem = None
+        loaded = []
         for file in files:
             facts, file_problem = self.facts_of(path / file.name)
-            shards.append({"name": file.name, "size": file.stat(follow_symlinks=False).st_size})
+            role = part_role(file.name)
+            part = {"name": file.name, "role": role, "size": file.stat(follow_symlinks=False).st_size,
+                    "sha256": digests.get(file.name)}
+            parts.append(part)
             problem = problem or (f"{file.name}: {file_problem}" if file_problem else None)
-            try:
-                shard = gguf.parse_shard_name(file.name)
-            except gguf.GGUFError:
-                shard = None
-            if first_facts is None and (shard is None or shard.number == 1):
-                first_facts = facts
+            if role == "projector":
+                projector = {**part, "gguf": facts}
+            elif model_facts is None and (role == "model" or "-00001-of-" in file.name):
+                model_facts = facts
+            if facts is not None:
+                loaded.append((file.name, facts))
+        if problem is None and len(loaded) == len(files):
+            problem = self._set_problem(path)
+        shards = [{"name": part["name"], "size": part["size"]} for part in parts if part["role"] == "shard"]
         return {
-            "name": name, "kind": "split", "size": sum(s["size"] for s in shards),
-            "mtime": iso(stat.st_mtime), "sha256": None, "gguf": first_facts, "shards": shards,
+            "name": name, "kind": "split" if len(shards) == len(parts) else "set",
+            "size": sum(part["size"] for part in parts), "mtime": iso(stat.st_mtime), "sha256": None,
+            "gguf": model_facts, "shards": shards or None, "projector": projector, "parts": parts,
             "shard_sha256": record.get("shard_sha256"),
             "status": "ok" if problem is None else "invalid", "problem": problem,
             "installed_at": iso(record.get("installed_at")), "upload_id": record.get("upload_id"),
             "llama_server": record.get("llama_server"),
         }
+
+    def _set_problem(self, path: Path) -> str | None:
+        """Whether the folder's files make one model llama-server loads (gguf.check_model_set), from the headers."""
+        files = []
+        for child in sorted(self._shard_files(path), key=lambda child: child.name):
+            try:
+                with open_inside(self.models_dir, path.name, child.name) as file:
+                    files.append((child.name, verify_open(file)))
+            except (OSError, gguf.GGUFError):
+                return None  # the file's own problem is reported for it
+        try:
+            gguf.check_model_set(files)
+        except gguf.GGUFError as exc:
+            return exc.reason
+        return None
 
     def entries(self) -> list[dict[str, Any]]:
         try:
@@ -251,9 +290,10 @@ class Catalog:
     # -- verify and delete --------------------------------------------------------------------------
 
     def verify(self, name: str, with_sha256: bool = False) -> dict[str, Any]:
-        """Re-checks size and structure on disk now (and the sha256, on request)."""
+        """Re-checks size and structure on disk now (and the sha256, on request); a folder's files together too."""
         item = self.describe(name)
-        files = [(name, shard["name"]) for shard in item["shards"]] if item["shards"] else [(name,)]
+        folder = item["kind"] != "file"
+        files = [(name, part["name"]) for part in item["parts"]] if folder else [(name,)]
         problems = []
         facts_by_file = []
         digests: dict[str, str] = {}
@@ -264,29 +304,26 @@ class Catalog:
                     try:
                         facts_by_file.append((shown, verify_open(file)))
                     except gguf.GGUFError as exc:
-                        problems.append(f"{shown}: {exc.reason}" if item["shards"] else exc.reason)
+                        problems.append(f"{shown}: {exc.reason}" if folder else exc.reason)
                     if with_sha256:
                         digests[shown] = sha256_of_file(file)
             except OSError as exc:
                 problems.append(f"{shown} cannot be read: {exc.strerror}")
-        if item["shards"] and not problems:
+        if folder and not problems:
             try:
-                shards = []
-                for shown, facts in facts_by_file:
-                    shard = gguf.parse_shard_name(shown)
-                    if shard is None:
-                        raise gguf.GGUFError(f"{shown} is not named like a shard (-0000k-of-0000N.gguf)")
-                    shards.append((shard, facts))
-                gguf.check_split_set(shards)
+                gguf.check_model_set(facts_by_file)
             except gguf.GGUFError as exc:
                 problems.append(exc.reason)
-        result: dict[str, Any] = {"name": name, "kind": item["kind"], "size": item["size"], "gguf": item["gguf"]}
+        elif not folder and item["problem"] and not problems:
+            problems.append(item["problem"])  # a projector on its own
+        result: dict[str, Any] = {"name": name, "kind": item["kind"], "size": item["size"], "gguf": item["gguf"],
+                                  "parts": item["parts"]}
         if with_sha256:
             record = self.read_record(name)
-            if item["shards"]:
+            if folder:
                 result["shard_sha256"] = digests
                 expected = record.get("shard_sha256") or {}
-                changed = [shard for shard, value in digests.items() if expected.get(shard) not in (None, value)]
+                changed = [part for part, value in digests.items() if expected.get(part) not in (None, value)]
                 if changed:
                     problems.append(f"sha256 differs from the one recorded at install for {', '.join(changed)}")
             elif name in digests:
@@ -307,8 +344,7 @@ class Catalog:
         os.rename(self.models_dir / name, doomed)
         fsync_directory(self.models_dir)
         remove_entry(doomed)
-        with contextlib.suppress(FileNotFoundError):
-            self._record_path(name).unlink()
+        self.remove_record(name)
         return name
 
 
@@ -317,8 +353,18 @@ def public_facts(facts: gguf.GGUFFacts) -> dict[str, Any]:
         "architecture": facts.architecture, "name": facts.name, "size_label": facts.size_label,
         "file_type": facts.file_type, "quantization": facts.quantization, "context_length": facts.context_length,
         "parameter_count": facts.parameter_count, "tensor_count": facts.tensor_count, "version": facts.version,
-        "split_no": facts.split_no, "split_count": facts.split_count,
+        "split_no": facts.split_no, "split_count": facts.split_count, "type": facts.general_type,
     }
+
+
+def part_role(filename: str) -> str:
+    """The part a file of a model's folder is, as llama-server's scan reads its name: projector, shard or model."""
+    if gguf.is_projector_name(filename):
+        return "projector"
+    try:
+        return "shard" if gguf.parse_shard_name(filename) is not None else "model"
+    except gguf.GGUFError:
+        return "model"
 
 
 def iso(timestamp: float | None) -> str | None:

@@ -29,6 +29,7 @@ BadRequest = _error("BadRequest", 400, "bad_request", "the request is malformed"
 InvalidHeader = _error("InvalidHeader", 400, "invalid_header", "a header has an invalid value")
 InvalidMetadata = _error("InvalidMetadata", 400, "invalid_metadata", "Upload-Metadata is malformed")
 InvalidFilename = _error("InvalidFilename", 400, "invalid_filename", "the filename is not allowed")
+InvalidSet = _error("InvalidSet", 400, "invalid_set", "the `set` and `set_size` metadata do not make a model set")
 NotGGUF = _error("NotGGUF", 400, "not_gguf", "the file does not start with the GGUF magic: it is not a GGUF model")
 Unauthorized = _error("Unauthorized", 401, "unauthorized", "a valid bearer token is required")
 Forbidden = _error("Forbidden", 403, "forbidden", "this operation is not allowed on this upload")

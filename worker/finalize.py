@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import stat as stat_module
 import threading
 import time
 from collections.abc import Iterator
@@ -217,11 +218,11 @@ def _install(ctx: Components, info: UploadInfo, status: UploadStatus) -> UploadS
     assert info.filename is not None
     data = ctx.store.paths(info.id).data
     try:
-        shard = gguf.parse_shard_name(info.filename)
+        place = sets.member_of(info)
     except gguf.GGUFError as exc:
         raise Rejected(exc.reason) from None
     if not os.path.lexists(data):
-        return _resume_after_move(ctx, info, status, shard)
+        return _resume_after_move(ctx, info, status, place)
     # Everything is checked through one descriptor opened without following links, so the file verified,
     # hashed and given its permissions is the very file published, not whatever a name resolves to later
     try:
@@ -230,8 +231,7 @@ def _install(ctx: Components, info: UploadInfo, status: UploadStatus) -> UploadS
         raise Rejected(exc.strerror) from None
     try:
         facts = _verify(ctx, info, fd)
-        if shard is not None:
-            _check_shard_keys(shard, facts)
+        _check_part(info.filename, place, facts)
         digest = _sha256(ctx, info, _fd_path(fd, data))
         _check_locks()
         if info.sha256_expected and info.sha256_expected != digest:
@@ -244,8 +244,8 @@ def _install(ctx: Components, info: UploadInfo, status: UploadStatus) -> UploadS
     finally:
         os.close(fd)
     ctx.store.write_status(info.id, sha256=digest, gguf=public_facts(facts), progress=1.0, publish_inode=verified)
-    if shard is not None:
-        return _stage_shard(ctx, info, shard, data, verified)
+    if place is not None:
+        return _stage_member(ctx, info, place, data, verified)
     target = ctx.models_dir / info.filename
     with _holding_model_id(ctx, info.filename):
         _refuse_same_model(ctx, info.filename, folder=False)
@@ -304,9 +304,11 @@ def _holding_model_id(ctx: Components, entry: str) -> Iterator[None]:
         yield
 
 
-def _refuse_same_model(ctx: Components, entry: str, folder: bool) -> None:
-    """The authoritative check (creation's can be overtaken): no second entry with the same model id."""
-    others = same_model_entries(ctx.models_dir, entry)
+def _refuse_same_model(ctx: Components, entry: str, folder: bool, adopted: Path | None = None) -> None:
+    """The authoritative check (creation's can be overtaken): no second entry with the same model id (but the
+    installed `X.gguf` a projector's folder `X/` takes in, which goes once the folder is in)."""
+    others = [other for other in same_model_entries(ctx.models_dir, entry)
+              if adopted is None or other != adopted.name]
     if others:
         raise Rejected(f"{describe_same_model(entry, folder, others)}; it was not installed (a folder and a file "
                        "cannot replace each other in one step: delete the installed one first)")
@@ -325,6 +327,24 @@ def _verify(ctx: Components, info: UploadInfo, fd: int) -> gguf.GGUFFacts:
     if facts.architecture is None and facts.split_no in (None, 0):
         raise Rejected("the GGUF header has no general.architecture: llama-server cannot load it")
     return facts
+
+
+def _check_part(filename: str, place: sets.Member | None, facts: gguf.GGUFFacts) -> None:
+    """The header says what the name says: a shard is that shard, a projector is a projector, a model is not one."""
+    if place is not None and place.shard is not None:
+        _check_shard_keys(place.shard, facts)
+    if place is not None and place.is_projector:
+        if not facts.is_projector:
+            raise Rejected(f"{filename} is named as a projector (llama-server takes a file whose name holds "
+                           f"{gguf.PROJECTOR_NAME_MARK!r} as the projector) but its header says it is a "
+                           f"{facts.architecture or 'headerless'} model, not a multimodal projector "
+                           "(general.architecture 'clip' or general.type 'mmproj')")
+    elif facts.is_projector:
+        where = ("it is installed in its model's folder: upload it named mmproj-….gguf, with `set` metadata"
+                 if place is None else "its name lacks 'mmproj', so llama-server would load it as the model: name "
+                 "it mmproj-….gguf")
+        raise Rejected(f"{filename} is a multimodal projector (general.architecture {facts.architecture!r}, "
+                       f"general.type {facts.general_type!r}), not a model llama-server runs on its own; {where}")
 
 
 def _check_shard_keys(shard: gguf.ShardName, facts: gguf.GGUFFacts) -> None:
@@ -358,118 +378,175 @@ def _has_inode(path: Path, inode: tuple[int, ...] | None) -> bool:
 
 
 def _resume_after_move(ctx: Components, info: UploadInfo, status: UploadStatus,
-                       shard: gguf.ShardName | None) -> UploadStatus | None:
+                       place: sets.Member | None) -> UploadStatus | None:
     """The data left staging before the outcome was recorded: find where it went by its inode."""
     inode = status.publish_inode
     assert info.filename is not None
-    if shard is None:
+    if place is None:
         target = ctx.models_dir / info.filename
         if _has_inode(target, inode):
             return _record_installed(ctx, info, target, info.filename)
         raise Rejected("the upload's data is gone from staging and was not installed")
-    published = ctx.models_dir / shard.prefix / info.filename
+    published = ctx.models_dir / place.set / info.filename
     if _has_inode(published, inode):
-        with _holding_set(ctx, shard.prefix):
-            if _read_members(ctx, shard.prefix):
-                _record_set_installed(ctx, shard)
-            else:  # the set was recorded before the crash, all but this shard's status
-                _record_installed(ctx, info, published, shard.prefix, notify=False)
+        with _holding_set(ctx, place.set):
+            if _read_members(ctx, place.set):
+                _record_set_installed(ctx, place.set)
+            else:  # the set was recorded before the crash, all but this file's status
+                _record_installed(ctx, info, published, place.set, notify=False)
         return ctx.store.read_status(info.id)
-    staged = ctx.sets_dir / shard.prefix / info.filename
+    staged = ctx.sets_dir / place.set / info.filename
     if staged.exists():
-        return _stage_shard(ctx, info, shard, None)
-    raise Rejected("the shard's data is gone from staging and its set was not installed")
+        return _stage_member(ctx, info, place, None)
+    raise Rejected("the file's data is gone from staging and its set was not installed")
 
 
-# -- split sets ---------------------------------------------------------------------------------
+# -- model sets: split shards, a model and its projector ------------------------------------------------------
 
 
-def _members_path(ctx: Components, prefix: str) -> Path:
-    return sets.members_path(ctx.sets_dir, prefix)
+def _members_path(ctx: Components, name: str) -> Path:
+    return sets.members_path(ctx.sets_dir, name)
 
 
-def _read_members(ctx: Components, prefix: str) -> dict[str, str]:
-    return sets.read_members(ctx.sets_dir, prefix)
+def _read_members(ctx: Components, name: str) -> dict[str, str]:
+    return sets.read_members(ctx.sets_dir, name)
 
 
-def _set_lock_name(prefix: str) -> str:
-    return sets.lock_name(prefix)  # the server's expiry of waiting sets takes the same lock
+def _set_lock_name(name: str) -> str:
+    return sets.lock_name(name)  # the server's expiry of waiting sets takes the same lock
 
 
 @contextlib.contextmanager
-def _holding_set(ctx: Components, prefix: str) -> Iterator[None]:
-    """The split set's lock; Busy, so the job is retried, when another process keeps it past the wait."""
-    with _holding(ctx.locks, _set_lock_name(prefix), 60.0) as held:
+def _holding_set(ctx: Components, name: str) -> Iterator[None]:
+    """The set's lock; Busy, so the job is retried, when another process keeps it past the wait."""
+    with _holding(ctx.locks, _set_lock_name(name), 60.0) as held:
         if held is None:
-            raise Busy(f"the split set {prefix!r} is being updated by another process")
+            raise Busy(f"the model set {name!r} is being updated by another process")
         yield
 
 
-def _stage_shard(ctx: Components, info: UploadInfo, shard: gguf.ShardName, data: Path | None,
-                 verified: tuple[int, int] | None = None) -> UploadStatus | None:
-    """Adds a verified shard to its set in staging; publishes the set when every shard is there."""
-    set_dir = ctx.sets_dir / shard.prefix
-    with _holding_set(ctx, shard.prefix):
-        if (ctx.models_dir / shard.prefix).exists() and not ctx.settings.allow_overwrite:
-            raise Rejected(f"a split model named {shard.prefix!r} is already installed; it was not replaced")
-        try:  # a link planted as sets/ or sets/<prefix> would take the shards (and then the set) elsewhere
+def _what(place: sets.Member) -> str:
+    return "model set" if place.named else "split set"
+
+
+def _stage_member(ctx: Components, info: UploadInfo, place: sets.Member, data: Path | None,
+                  verified: tuple[int, int] | None = None) -> UploadStatus | None:
+    """Adds a verified file to its set in staging; publishes the set when every file is there."""
+    name = place.set
+    set_dir = ctx.sets_dir / name
+    with _holding_set(ctx, name):
+        if place.adopts_installed:
+            problem = sets.adoption_problem(ctx.models_dir, name, ctx.settings.allow_overwrite)
+            if problem is not None:
+                raise Rejected(problem)
+        elif (ctx.models_dir / name).exists() and not ctx.settings.allow_overwrite:
+            kind = "model set" if place.named else "split model"
+            raise Rejected(f"a {kind} named {name!r} is already installed; it was not replaced")
+        try:  # a link planted as sets/ or sets/<name> would take the files (and then the set) elsewhere
             real_directory(ctx.sets_dir)
             real_directory(set_dir)
         except PlantedLink as exc:
-            raise Rejected(f"the split set cannot be staged: {exc.strerror}") from None
-        members = _read_members(ctx, shard.prefix)
-        previous = members.get(str(shard.number))
+            raise Rejected(f"the {_what(place)} cannot be staged: {exc.strerror}") from None
+        members = _read_members(ctx, name)
+        previous = members.get(place.key)
+        shard_count = _check_shape(ctx, info, place, members)
         _confirm_locks()
         if data is not None:
             if verified is not None:
                 _check_still(data, verified)
             os.replace(data, set_dir / info.filename)  # type: ignore[operator]
             fsync_directory(set_dir)
-        members[str(shard.number)] = info.id
-        write_atomic(_members_path(ctx, shard.prefix), json.dumps(members).encode(), ctx.store.durable)
+        members[place.key] = info.id
+        write_atomic(_members_path(ctx, name), json.dumps(members).encode(), ctx.store.durable)
         if previous and previous != info.id:
-            _fail_quietly(ctx, previous, f"replaced by a newer upload of the same shard ({info.id})")
-        present = sorted(int(number) for number in members)
-        missing = gguf.missing_shards(present, shard.count)
-        set_info = SetProgress(shard.prefix, shard.count, tuple(present), tuple(missing))
-        if missing:
-            listed = ", ".join(f"{number:05d}" for number in missing)
-            log.info("upload=%s shard %d of %d staged; waiting for %s", info.id, shard.number, shard.count, listed)
-            detail = f"verified; waiting for shard(s) {listed} of {shard.count:05d}"
-            for other in set(members.values()) - {info.id}:  # the shards staged before still wait, for fewer
+            _fail_quietly(ctx, previous, f"replaced by a newer upload of the same file of its set ({info.id})")
+        progress = _progress(ctx, place, members, shard_count)
+        if progress.waiting:
+            waiting = sets.waiting_for(place.size, members, shard_count)
+            log.info("upload=%s staged in set %s; waiting for %s", info.id, name, waiting)
+            detail = f"verified; waiting for {waiting}"
+            for other in set(members.values()) - {info.id}:  # the files staged before still wait, for fewer
                 with contextlib.suppress(Exception):
                     other_status = ctx.store.read_status(other)
                     if other_status is not None and other_status.waiting_for_set:
-                        ctx.store.write_status(other, split_set=set_info, detail=detail)
-            return ctx.store.write_status(info.id, State.VERIFYING, waiting_for_set=True, split_set=set_info,
+                        ctx.store.write_status(other, split_set=progress, detail=detail)
+            return ctx.store.write_status(info.id, State.VERIFYING, waiting_for_set=True, split_set=progress,
                                           staged=str(set_dir / info.filename), reason=None,  # type: ignore[operator]
                                           detail=detail)
-        ctx.store.write_status(info.id, split_set=set_info, waiting_for_set=False)
-        _publish_set(ctx, shard, set_dir, members)
+        ctx.store.write_status(info.id, split_set=progress, waiting_for_set=False)
+        _publish_set(ctx, name, set_dir, members)
     return ctx.store.read_status(info.id)
 
 
-def _publish_set(ctx: Components, shard: gguf.ShardName, set_dir: Path, members: dict[str, str]) -> None:
-    shards = []
+def _check_shape(ctx: Components, info: UploadInfo, place: sets.Member, members: dict[str, str]) -> int | None:
+    """The file fits the set its members staged before make: the same size and split; returns the shard count."""
+    others = {key: upload_id for key, upload_id in members.items() if key != place.key and upload_id != info.id}
+    size, shard_count = sets.shape(ctx.store, others)
+    if size is not None and size != place.size:
+        raise Rejected(f"this file is sent as one of {place.size} for the {_what(place)} {place.set!r}, but the files "
+                       f"staged for it before are {size}: send every file of a set with the same set_size")
+    if place.shard is not None:
+        if shard_count is not None and shard_count != place.shard.count:
+            raise Rejected(f"this shard is one of {place.shard.count}, but the set {place.set!r} staged before holds "
+                           f"shards of {shard_count}")
+        shard_count = place.shard.count
+    problem = sets.composition_problem(place.size, set(others) | {place.key}, shard_count)
+    if problem is not None:
+        raise Rejected(problem)
+    return shard_count
+
+
+def _progress(ctx: Components, place: sets.Member, members: dict[str, str], shard_count: int | None) -> SetProgress:
+    present = sorted(int(key) for key in members if key.isdigit())
+    files = []
+    for key in sorted(members, key=sets.key_order):
+        with contextlib.suppress(Exception):
+            files.append(str(ctx.store.load(members[key]).filename))
+    return SetProgress(place.set, shard_count or 0, tuple(present),
+                       tuple(gguf.missing_shards(present, shard_count) if shard_count else ()),
+                       size=place.size if place.named else None, files=tuple(files) if place.named else ())
+
+
+def _member_files(ctx: Components, members: dict[str, str]) -> dict[str, str]:
+    """file name -> upload id of the set's staged members; Rejected when a member's record is gone."""
+    files = {}
+    for upload_id in members.values():
+        try:
+            filename = ctx.store.load(upload_id).filename
+        except Exception:
+            raise Rejected(f"the record of upload {upload_id}, a file of the set, is gone") from None
+        files[str(filename)] = upload_id
+    return files
+
+
+def _publish_set(ctx: Components, name: str, set_dir: Path, members: dict[str, str]) -> None:
+    adopted: Path | None = None
     try:
         real_directory(set_dir)
         folder = identity(set_dir)
-        for path in sorted(set_dir.iterdir()):
-            name = gguf.parse_shard_name(path.name)
-            if name is None or name.prefix != shard.prefix:
-                raise gguf.GGUFError(f"{path.name} does not belong to the split set {shard.prefix!r}")
-            fd = open_regular(path, os.O_RDONLY)  # a shard swapped for a link would be published as one
-            try:
-                shards.append((name, gguf.verify_file(_fd_path(fd, path))))
-            finally:
-                os.close(fd)
-        gguf.check_split_set(shards)
-        with _holding_model_id(ctx, shard.prefix):
-            _refuse_same_model(ctx, shard.prefix, folder=True)
+        expected = _member_files(ctx, members)
+        with _holding_model_id(ctx, name):
+            for stray in set(os.listdir(set_dir)) - set(expected):  # a replaced file, links of an adoption cut short
+                remove_entry(set_dir / stray)
+            if all(key == sets.PROJECTOR for key in members):  # a projector alone: the installed model joins it
+                adopted = _adopt_installed(ctx, name, set_dir)
+            files = []
+            for path in sorted(set_dir.iterdir(), key=lambda path: path.name):
+                if not path.name.endswith(".gguf"):
+                    continue  # a file the installed folder held beside its model, taken along
+                fd = open_regular(path, os.O_RDONLY)  # a file swapped for a link would be published as one
+                try:
+                    files.append((path.name, gguf.verify_file(_fd_path(fd, path))))
+                finally:
+                    os.close(fd)
+            gguf.check_model_set(files)
+            _refuse_same_model(ctx, name, folder=True, adopted=adopted)
             _confirm_locks()
             if identity(set_dir) != folder:
-                raise PlantedLink(set_dir, "a folder swapped in after the shards were verified")
-            publish(set_dir, ctx.models_dir / shard.prefix, overwrite=ctx.settings.allow_overwrite)
+                raise PlantedLink(set_dir, "a folder swapped in after the files were verified")
+            # a folder taken in whole is swapped with the installed one, as a replacement is
+            swap = ctx.settings.allow_overwrite or (adopted is not None and adopted.name == name)
+            publish(set_dir, ctx.models_dir / name, overwrite=swap)
     except (gguf.GGUFError, NameTaken, Rejected, PlantedLink) as exc:
         if isinstance(exc, gguf.GGUFError):
             reason = exc.reason
@@ -478,41 +555,100 @@ def _publish_set(ctx: Components, shard: gguf.ShardName, set_dir: Path, members:
         elif isinstance(exc, Rejected):
             reason = str(exc)
         elif ctx.settings.allow_overwrite:  # only a filesystem that cannot swap folders refuses then
-            reason = f"the installed {shard.prefix!r} could not be replaced: {exc}"
+            reason = f"the installed {name!r} could not be replaced: {exc}"
         else:
-            reason = f"a model named {shard.prefix!r} is already installed; the split set was not installed"
+            reason = f"a model named {name!r} is already installed; the set was not installed"
+        kind = "split set" if all(key.isdigit() for key in members) else "model set"
         for upload_id in members.values():
-            _fail_quietly(ctx, upload_id, f"the split set cannot be installed: {reason}")
+            _fail_quietly(ctx, upload_id, f"the {kind} cannot be installed: {reason}")
         remove_entry(set_dir)
-        _members_path(ctx, shard.prefix).unlink(missing_ok=True)
+        _members_path(ctx, name).unlink(missing_ok=True)
         return
-    _record_set_installed(ctx, shard)
+    _record_set_installed(ctx, name)
 
 
-def _record_set_installed(ctx: Components, shard: gguf.ShardName) -> None:
+def _adopt_installed(ctx: Components, name: str, set_dir: Path) -> Path:
+    """Hard links of the installed model's files (`NAME.gguf`, or the folder `NAME/` less its projector) beside
+    the projector staged alone, so the folder published holds both; the installed model is not moved.
+
+    What llama-server's scan sees: `NAME.gguf` alone (the model without projector), then `NAME/` appears by one
+    rename holding the model (the same inode) and the projector, beside `NAME.gguf` until _finish_adoption
+    unlinks it: both entries are whole models with the same id, so whichever the scan keeps is loadable. A
+    folder is swapped with the installed one in one step (RENAME_EXCHANGE), as a replaced set is.
+    """
+    problem = sets.adoption_problem(ctx.models_dir, name, ctx.settings.allow_overwrite)
+    installed = sets.installed_model(ctx.models_dir, name)
+    if problem is not None or installed is None:
+        raise Rejected(problem or f"no model named {name!r} is installed")
+    entry, _ = installed
+    if entry.name != name:
+        sources = [entry]
+    else:
+        sources = []
+        for child in sorted(os.listdir(entry)):
+            mode = os.lstat(entry / child).st_mode
+            if not stat_module.S_ISREG(mode):
+                raise Rejected(f"{name}/{child} in the models directory is not a regular file: the folder cannot be "
+                               "taken into the new set (move it out first)")
+            if not (child.endswith(".gguf") and gguf.is_projector_name(child)):  # the projector is the new one
+                sources.append(entry / child)
+    for source in sources:
+        os.link(source, set_dir / source.name, follow_symlinks=False)  # a link itself, never what it points to
+    fsync_directory(set_dir)
+    return entry
+
+
+def _finish_adoption(ctx: Components, name: str) -> dict[str, Any]:
+    """Once `NAME/` is published holding the hard link of `NAME.gguf`, the file goes: one model id, one entry.
+    Returns the file's catalog record (its sha256 is the folder's model's); {} when no file was adopted."""
+    single = ctx.models_dir / f"{name}.gguf"
+    inside = ctx.models_dir / name / single.name
+    if identity(single) is None or identity(single) != identity(inside):
+        return {}
+    record = ctx.catalog.read_record(single.name)
+    stat = os.lstat(inside)
+    if record.get("size") != stat.st_size or record.get("mtime_ns") != stat.st_mtime_ns:
+        record.pop("sha256", None)  # changed on disk since it was recorded
+    os.unlink(single)
+    fsync_directory(ctx.models_dir)
+    ctx.catalog.remove_record(single.name)
+    log.info("the model %s joined its projector in %s/", single.name, name)
+    return record
+
+
+def _record_set_installed(ctx: Components, name: str) -> None:
     """Under the set's lock, once its folder is in the models directory: statuses, catalog, llama-server.
 
     The staging folder goes before the members file, which marks the set as still to be recorded: after a
-    crash between swapping a replaced set out and deleting it, the old shards sit there, and are freed here.
+    crash between swapping a replaced set out and deleting it, the old files sit there, and are freed here.
     """
-    members = _read_members(ctx, shard.prefix)
-    target = ctx.models_dir / shard.prefix
-    digests = {}
-    for _, upload_id in sorted(members.items(), key=lambda item: int(item[0])):
+    members = _read_members(ctx, name)
+    target = ctx.models_dir / name
+    adopted = _finish_adoption(ctx, name)
+    digests: dict[str, str | None] = {}
+    upload_ids = sorted(members.values())
+    if all(key == sets.PROJECTOR for key in members):  # the model's files joined from the installed model
+        previous = ctx.catalog.read_record(name).get("shard_sha256") or {}
+        with contextlib.suppress(OSError):
+            for child in sorted(os.listdir(target)):
+                if child.endswith(".gguf") and not gguf.is_projector_name(child):
+                    digests[child] = adopted.get("sha256") if child == f"{name}.gguf" else previous.get(child)
+        if adopted.get("upload_id"):
+            upload_ids = sorted({*upload_ids, str(adopted["upload_id"])})
+    for _, upload_id in sorted(members.items(), key=lambda item: sets.key_order(item[0])):
         with contextlib.suppress(Exception):
             member = ctx.store.load(upload_id)
             status = ctx.store.read_status(upload_id) or UploadStatus()
-            digests[member.filename] = status.sha256
+            digests[str(member.filename)] = status.sha256
             if not status.terminal:
-                _record_installed(ctx, member, target / str(member.filename), shard.prefix, notify=False)
-    ctx.catalog.write_record(shard.prefix, shard_sha256=digests, installed_at=time.time(),
-                             upload_ids=sorted(members.values()))
-    outcome = _notify(ctx, shard.prefix)
+                _record_installed(ctx, member, target / str(member.filename), name, notify=False)
+    ctx.catalog.write_record(name, shard_sha256=digests, installed_at=time.time(), upload_ids=upload_ids)
+    outcome = _notify(ctx, name)
     for upload_id in members.values():
         with contextlib.suppress(Exception):
             ctx.store.write_status(upload_id, llama_server=outcome)
-    remove_entry(ctx.sets_dir / shard.prefix)
-    _members_path(ctx, shard.prefix).unlink(missing_ok=True)
+    remove_entry(ctx.sets_dir / name)
+    _members_path(ctx, name).unlink(missing_ok=True)
 
 
 # -- outcomes -------------------------------------------------------------------------------------

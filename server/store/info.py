@@ -38,6 +38,11 @@ class UploadInfo:
     # who created it, for resuming it by digest (server/store/dedupe.py): a keyed hash of the bearer token, never
     # the token; None when the server takes no tokens
     token_fp: str | None = None
+    # the model set this upload is a file of (`set` and `set_size` metadata, store/sets.py): the set's folder in
+    # the models directory, and how many uploads make it; None for a file installed on its own (or a plain split
+    # set's shard, whose set its name gives)
+    set_name: str | None = None
+    set_size: int | None = None
     # bytes durably stored: the data file's length, filled in by the store
     offset: int = 0
     # seconds since the epoch of the last byte written (data file mtime), filled in by the store
@@ -67,6 +72,8 @@ class UploadInfo:
             "parts": list(self.parts),
             "consumed_by": self.consumed_by,
             "token_fp": self.token_fp,
+            "set_name": self.set_name,
+            "set_size": self.set_size,
         }
         return json.dumps(record, sort_keys=True)
 
@@ -84,4 +91,6 @@ class UploadInfo:
             parts=tuple(str(part) for part in record.get("parts") or ()),
             consumed_by=record.get("consumed_by"),
             token_fp=record.get("token_fp"),
+            set_name=record.get("set_name"),
+            set_size=None if record.get("set_size") is None else int(record["set_size"]),
         )

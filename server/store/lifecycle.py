@@ -74,22 +74,37 @@ class IllegalTransition(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class SetProgress:
-    """A split set's shards as one of its members last saw them (1-based shard numbers)."""
+    """A model set's files as one of its members last saw them: a split model's shards (1-based numbers), and
+    for a set the client named (`set` metadata), the files staged of how many make it (a projector among them)."""
 
-    prefix: str
-    count: int
+    prefix: str  # the set's folder in the models directory (a split set's shard prefix, or the `set` metadata)
+    count: int  # shards of its split model; 0 when its model is one file (or not staged yet)
     present: tuple[int, ...] = ()
     missing: tuple[int, ...] = ()
+    size: int | None = None  # uploads that make a set the client named (`set_size`); None for a plain split set
+    files: tuple[str, ...] = ()  # the set's files verified and staged so far
+
+    @property
+    def waiting(self) -> int:
+        """Files the set still needs before it is published."""
+        if self.size is None:
+            return len(self.missing)
+        return max(0, self.size - len(self.files))
 
     def to_record(self) -> dict[str, Any]:
-        return {"prefix": self.prefix, "count": self.count, "present": list(self.present),
-                "missing": list(self.missing)}
+        record: dict[str, Any] = {"prefix": self.prefix, "count": self.count, "present": list(self.present),
+                                  "missing": list(self.missing)}
+        if self.size is not None:  # a named set: its files, whatever parts they are (a plain split set's as before)
+            record.update(size=self.size, files=list(self.files), waiting=self.waiting)
+        return record
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> SetProgress:
         return cls(prefix=str(record.get("prefix", "")), count=int(record.get("count") or 0),
                    present=tuple(int(n) for n in record.get("present") or ()),
-                   missing=tuple(int(n) for n in record.get("missing") or ()))
+                   missing=tuple(int(n) for n in record.get("missing") or ()),
+                   size=_optional(int, record.get("size")),
+                   files=tuple(str(name) for name in record.get("files") or ()))
 
 
 @dataclasses.dataclass(frozen=True)

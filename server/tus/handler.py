@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from modeldrop.server import errors
-from modeldrop.server.admission import Admission
+from modeldrop.server.admission import Admission, read_set
 from modeldrop.server.dedupe import MATCH_HEADER, Dedupe, Kind, Match
 from modeldrop.server.metrics import Metrics
 from modeldrop.server.settings import Settings
@@ -150,6 +150,7 @@ class TusHandler:
         is_partial = concat is not None and concat.kind == CONCAT_PARTIAL
         needs_name = not is_partial or "filename" in metadata  # a partial is not a model on its own
         filename = tus.validate_filename(metadata.get("filename")) if needs_name else None
+        place = read_set(metadata, filename) if filename is not None and not is_partial else None
         token_fp = token_fingerprint(self.settings.token, h)
         if self.dedupe is not None and filename and sha256 and length and concat is None and "set" not in metadata:
             claim = Claim(filename, length, sha256, token_fp, h.get("upload-metadata", ""))
@@ -157,7 +158,7 @@ class TusHandler:
             if match is not None:
                 return await self._matched(request, match, bool(tus.parse_content_length(h)))
         if filename is not None and not is_partial:
-            await asyncio.to_thread(self.admission.check_name_free, filename)
+            await asyncio.to_thread(self.admission.check_name_free, filename, place)
         if length == 0 and not is_partial:
             raise errors.NotGGUF("an empty file is not a GGUF model")
         body_type = h.get("content-type")
@@ -172,7 +173,8 @@ class TusHandler:
 
         info = UploadInfo(id=self.store.new_id(), length=length, metadata_header=h.get("upload-metadata", ""),
                           filename=filename, sha256_expected=sha256, created_at=time.time(), token_fp=token_fp,
-                          concat=concat.kind if concat else None)
+                          concat=concat.kind if concat else None, set_name=place.set if place and place.named else None,
+                          set_size=place.size if place and place.named else None)
         if concat is not None and concat.kind == CONCAT_FINAL:
             return await self._create_final(request, info, concat.parts)
         if has_body and length is None:
