@@ -202,6 +202,9 @@ def format_models(document: Mapping[str, Any]) -> str:
         kind = str(model.get("kind") or "file")
         if kind == "split":
             kind = f"split/{len(model.get('shards') or [])}"
+        elif kind == "set":  # a model and its projector, in one folder
+            shards = len(model.get("shards") or [])
+            kind = (f"split/{shards}" if shards else "file") + ("+mmproj" if model.get("projector") else "")
         rows.append((str(model.get("name", "?")), kind, tus.format_size(int(model.get("size") or 0)),
                      str(gguf.get("architecture") or "-"), str(gguf.get("quantization") or "-"),
                      _format_time(model.get("mtime")), describe_state(model.get("llama"))))

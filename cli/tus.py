@@ -104,11 +104,15 @@ def encode_metadata(pairs: Mapping[str, str]) -> str:
     return ",".join(parts)
 
 
-def upload_metadata(filename: str, sha256: str | None) -> str:
-    """The metadata modeldrop's server reads: the model's filename, a content type, an optional digest."""
+def upload_metadata(filename: str, sha256: str | None, set_name: str | None = None,
+                    set_size: int | None = None) -> str:
+    """The metadata modeldrop's server reads: the model's filename, a content type, an optional digest, and for
+    a file of a model set the set's name and how many uploads make it (`set`, `set_size`)."""
     pairs = {"filename": filename, "filetype": MODEL_CONTENT_TYPE}
     if sha256:
         pairs["sha256"] = sha256
+    if set_name is not None and set_size is not None:
+        pairs.update(set=set_name, set_size=str(set_size))
     return encode_metadata(pairs)
 
 
@@ -291,6 +295,51 @@ def shard_of(filename: str) -> tuple[str, int] | None:
     return (match.group("prefix"), int(match.group("number"))) if match else None
 
 
+PROJECTOR_MARK = "mmproj"  # llama-server takes a file whose name holds this, in a model's folder, as its projector
+
+
+def is_projector(filename: str) -> bool:
+    return PROJECTOR_MARK in filename
+
+
+def plan_set(filenames: list[str], set_name: str | None) -> tuple[str, int] | None:
+    """The model set a run's files make, (name, how many files), or None for files installed each on its own.
+
+    A projector (mmproj*.gguf) among the files makes them one set: the model's name (a single file without
+    `.gguf`, or a split model's shard prefix) unless `set_name` gives it; a projector alone joins the installed
+    model `set_name`. `set_name` without a projector makes the files one set too. ValueError for a run that
+    cannot be one set.
+    """
+    projectors = [name for name in filenames if is_projector(name)]
+    if not projectors and set_name is None:
+        return None
+    if len(projectors) > 1:
+        raise ValueError(f"one projector per set, not {len(projectors)} ({', '.join(projectors)}): upload each "
+                         "model with its projector in a run of its own")
+    models = [name for name in filenames if not is_projector(name)]
+    prefixes = {shard[0] for name in models if (shard := shard_of(name)) is not None}
+    singles = [name for name in models if shard_of(name) is None]
+    if len(singles) > 1 or (singles and prefixes) or len(prefixes) > 1:
+        raise ValueError(f"a set holds one model (one file, or the shards of one split model), not {', '.join(models)}")
+    if set_name is None:
+        if not models:
+            raise ValueError(f"{projectors[0]} alone: name the installed model it belongs to with --set NAME "
+                             "(NAME.gguf, or the folder NAME/, on the server)")
+        set_name = singles[0][:-len(".gguf")] if singles else next(iter(prefixes))
+    if not set_name or set_name.lower().endswith(".gguf") or "/" in set_name or set_name.startswith((".", "-")):
+        raise ValueError(f"--set {set_name!r}: a set is named as its folder on the server, without .gguf or /")
+    return set_name, len(filenames)
+
+
+def set_waiting(document: Mapping[str, object]) -> int:
+    """How many files an upload's model set still waits for, per its status; 0 when it waits for none."""
+    split_set = document.get("set")
+    if document.get("state") in TERMINAL_STATES or not isinstance(split_set, Mapping):
+        return 0
+    waiting = split_set.get("waiting")
+    return waiting if isinstance(waiting, int) else len(missing_shards(document))
+
+
 def missing_shards(document: Mapping[str, object]) -> list[int]:
     """The shards an upload's split set still waits for (1-based), per its status; [] for whole models."""
     split_set = document.get("set")
@@ -300,15 +349,21 @@ def missing_shards(document: Mapping[str, object]) -> list[int]:
     return [number for number in missing if isinstance(number, int)] if isinstance(missing, list) else []
 
 
-def is_settled(document: Mapping[str, object], wait: bool, shards_coming: Collection[tuple[str, int]]) -> bool:
+def is_settled(document: Mapping[str, object], wait: bool, shards_coming: Collection[tuple[str, int]],
+               sets_coming: Mapping[str, int] | None = None) -> bool:
     """Whether to stop asking about an upload.
 
     Final states settle it, and so does any state without --wait. A verified shard waits for the rest
     of its set; that wait ends only when nothing this run still sends could complete it (the user will
-    upload the missing shards later), so a partial set does not keep the command waiting forever.
+    upload the missing shards later), so a partial set does not keep the command waiting forever. A file of a
+    named set (`size` in its set) waits while this run still sends as many files of that set as make it
+    (`sets_coming`: set name -> files of this run not failed).
     """
     if document.get("state") in TERMINAL_STATES or not wait:
         return True
+    split_set = document.get("set")
+    if isinstance(split_set, Mapping) and isinstance(split_set.get("size"), int) and set_waiting(document):
+        return (sets_coming or {}).get(str(split_set.get("prefix")), 0) < split_set["size"]
     missing = missing_shards(document)
     split_set = document.get("set")
     prefix = split_set.get("prefix") if isinstance(split_set, Mapping) else None
@@ -320,7 +375,7 @@ def is_success(document: Mapping[str, object], wait: bool) -> bool:
     state = document.get("state")
     if state == FAILED:
         return False
-    return state == INSTALLED or not wait or bool(missing_shards(document))
+    return state == INSTALLED or not wait or bool(set_waiting(document))
 
 
 def describe_status(document: Mapping[str, object], fallback_name: str) -> str:
@@ -329,9 +384,12 @@ def describe_status(document: Mapping[str, object], fallback_name: str) -> str:
     name = str(document.get("final_name") or fallback_name)
     if state == FAILED:
         return f"failed {name}: {document.get('reason') or 'no reason given'}"
+    split_set = document.get("set")
+    if isinstance(split_set, Mapping) and isinstance(split_set.get("size"), int) and set_waiting(document):
+        waiting = str(document.get("detail") or f"verified; waiting for {set_waiting(document)} more file(s)")
+        return f"waiting {name}: {waiting} (set {split_set.get('prefix')!r})"
     missing = missing_shards(document)
     if missing:
-        split_set = document.get("set")
         count = split_set.get("count") if isinstance(split_set, Mapping) else None
         listed = ", ".join(f"{number:05d}" for number in missing)
         of_count = f" of {count:05d}" if isinstance(count, int) else ""

@@ -10,6 +10,7 @@ reports; other refusals are final.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import random
 import stat
@@ -76,6 +77,9 @@ class UploadJob(NamedTuple):
     size: int
     mtime_ns: int
     sha256: str | None = None
+    # the model set the file is one of (tus.plan_set): its name on the server, and how many files make it
+    set_name: str | None = None
+    set_size: int | None = None
 
     @property
     def name(self) -> str:
@@ -106,15 +110,18 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.description = (
         "Upload .gguf files to a modeldrop server (tus 1.0), one after another, then wait for the server\n"
         "to verify and install them. Give every shard of a split model in one run, or the shards in\n"
-        "several runs: the server installs the set when its last shard arrives. An interrupted upload\n"
-        "resumes from the server's offset when the same command runs again, as long as the file is\n"
-        "unchanged (same path, size and modification time).")
+        "several runs: the server installs the set when its last shard arrives. A projector (mmproj*.gguf)\n"
+        "given with its model (or its shards) makes one set with them, installed together as the folder\n"
+        "NAME/ (the model's name, or --set NAME); a projector alone with --set NAME joins the installed\n"
+        "model NAME. An interrupted upload resumes from the server's offset when the same command runs\n"
+        "again, as long as the file is unchanged (same path, size and modification time).")
     parser.epilog = (
         "output:\n"
         "  progress and notices go to stderr; stdout gets one line per file, starting with its state:\n"
         "    installed Llama-3-8B-Q4_K_M.gguf (llama, Q4_K_M, sha256 ab12cd34ef56…)\n"
         "    failed model.gguf: truncated: …\n"
         "    waiting Big-00001-of-00002.gguf: verified; its split set still needs shard(s) 00002 of 00002\n"
+        "    waiting Vision.gguf: verified; waiting for its projector (mmproj) (set 'Vision')\n"
         "  with --no-wait the state may also be receiving, queued or verifying; \"unknown\" means all\n"
         "  bytes were sent but the server stopped answering before it reported a status.\n"
         "retries:\n"
@@ -130,6 +137,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help="a .gguf file; FILE=SHA256 (64 hex digits) gives its expected digest")
     add_server_arguments(parser)
+    parser.add_argument("--set", metavar="NAME", default=None, dest="set_name",
+                        help="install the files as one model set, the folder NAME/ on the server (a model and its "
+                             "projector are one set without it, named as the model); with a projector alone, NAME "
+                             "is the installed model it joins")
     parser.add_argument("--sha256", metavar="HEX", default=None,
                         help="expected SHA-256 of the file, checked by the server before installing "
                              "(only with a single FILE; for several, write FILE=SHA256)")
@@ -173,7 +184,7 @@ def _count_argument(text: str) -> int:
     return int(text)
 
 
-def plan_jobs(arguments: list[str], sha256: str | None) -> list[UploadJob]:
+def plan_jobs(arguments: list[str], sha256: str | None, set_name: str | None = None) -> list[UploadJob]:
     """Check every FILE before sending anything: a typo in the third shard should not cost the first two."""
     if sha256 is not None and len(arguments) != 1:
         raise UsageError("--sha256 names one file's digest; with several files write FILE=SHA256")
@@ -197,13 +208,19 @@ def plan_jobs(arguments: list[str], sha256: str | None) -> list[UploadJob]:
             raise UsageError(f"{path_text}: not readable")
         jobs.append(UploadJob(path, info.st_size, info.st_mtime_ns, digest))
     return jobs
+    try:
+        model_set = tus.plan_set([job.name for job in jobs], set_name)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if model_set is not None:
+        jobs = [job._replace(set_name=model_set[0], set_size=model_set[1]) for job in jobs]
 
 
 def run(command: str, args: argparse.Namespace) -> int:
     stdout, stderr = sys.stdout, sys.stderr
     try:
         server, token = server_and_token(args, os.environ)
-        jobs = plan_jobs(args.files, args.sha256)
+        jobs = plan_jobs(args.files, args.sha256, args.set_name)
     except (UsageError, ValueError) as error:
         print(f"modeldrop upload: error: {error}", file=stderr)
         return EXIT_USAGE
@@ -295,7 +312,9 @@ class Uploader:
 
     def send(self, job: UploadJob) -> Sent:
         """Send the file, or what the server still lacks of it."""
-        key = tus.fingerprint(self.server, str(job.path), job.size, job.mtime_ns)
+        # a file sent as one of a set is another upload than the same file sent alone (or for another set)
+        where = str(job.path) if job.set_name is None else f"{job.path}#set={job.set_name}/{job.set_size}"
+        key = tus.fingerprint(self.server, where, job.size, job.mtime_ns)
         progress = Progress(self.stderr, job.name, job.size, quiet=self.quiet)
         attempts = Attempts(self.policy, self.sleep, self.jitter, progress.message)
         try:
@@ -333,7 +352,9 @@ class Uploader:
                     failed.add(item.key)
                 coming = {shard for other in sent if other.key not in failed
                           if (shard := tus.shard_of(other.job.name)) is not None}
-                if tus.is_settled(document, self.wait, coming):
+                sets_coming = collections.Counter(other.job.set_name for other in sent
+                                                  if other.key not in failed and other.job.set_name is not None)
+                if tus.is_settled(document, self.wait, coming, sets_coming):
                     self._remember_outcome(item, document)
                     pending.remove(item)
                     yield item, document
@@ -414,7 +435,7 @@ class Uploader:
 
     def _create(self, job: UploadJob, key: str) -> Position:
         url = tus.creation_url(self.server)
-        metadata = tus.upload_metadata(job.name, job.sha256)
+        metadata = tus.upload_metadata(job.name, job.sha256, job.set_name, job.set_size)
         response = self._request("POST", url, tus.creation_headers(job.size, metadata, self.token))
         if response.status != 201:
             self._raise_for(response)
@@ -467,7 +488,7 @@ class Uploader:
     def _with_digest(self, job: UploadJob, key: str) -> UploadJob:
         """The job with its sha256 when it is known or worth computing (cli/digest.py): a creation that declares
         it is answered with what the server has of the file instead of a new upload at zero."""
-        if job.sha256 is not None:
+        if job.sha256 is not None or job.set_name is not None:  # a set's files are always sent: no match is sought
             return job
         remembered = (self.memory.get(key) or {}).get("sha256")
         if isinstance(remembered, str) and len(remembered) == 64:
