@@ -171,6 +171,15 @@ class Admission:
         if length:
             self.check_space(length, reserved)
 
+    def check_append_size(self, content_length: int | None) -> None:
+        """A request body larger than --max-append-size (the proxy in front of the server would cut it) is refused
+        before a byte is stored. Chunked bodies, whose size is not announced, are not checked."""
+        limit = self.settings.max_append_size
+        if limit is not None and content_length is not None and content_length > limit:
+            raise errors.TooLarge(f"this request's body is {content_length} bytes; this server takes at most {limit} "
+                                  "bytes per request (--max-append-size, also GET /api/config's max_append_size): "
+                                  "send the upload in smaller requests")
+
     def check_unsized_body(self, content_length: int | None, chunked: bool) -> None:
         """Runs in a thread: a body for an upload whose length is still deferred, which reserves nothing.
 

@@ -35,6 +35,7 @@ from modeldrop.server.finalizer import Finalizer, make_finalizer, requeue_stuck
 from modeldrop.server.locks.locker import AsyncLocker
 from modeldrop.server.metrics import Metrics, method_label
 from modeldrop.server.origins import BrowserGuard, BrowserPolicy, answer_error
+from modeldrop.server.rufh import handler as rufh
 from modeldrop.server.settings import Settings
 from modeldrop.server.store import sets
 from modeldrop.server.store.concat import copy_parts
@@ -46,7 +47,8 @@ log = logging.getLogger("modeldrop.app")
 
 EXPOSED_HEADERS = ["Location", "Upload-Offset", "Upload-Length", "Upload-Metadata", "Upload-Expires",
                    "Upload-Concat", "Upload-Defer-Length", "Tus-Version", "Tus-Resumable", "Tus-Extension",
-                   "Tus-Max-Size", "Tus-Checksum-Algorithm", STATUS_HEADER, "Retry-After"]
+                   "Tus-Max-Size", "Tus-Checksum-Algorithm", STATUS_HEADER, "Retry-After",
+                   "Upload-Complete", "Upload-Incomplete", "Upload-Limit", "Upload-Draft-Interop-Version"]
 # a checkout serves its own build (web/dist); an installed wheel carries the build as modeldrop/web
 WEB_DIRS = (Path(__file__).resolve().parent.parent / "web" / "dist", Path(__file__).resolve().parent.parent / "web")
 
@@ -101,6 +103,7 @@ class AppParts:
         self.metrics = Metrics()
         self.finalizer: Finalizer | None = None
         self.tus: TusHandler | None = None
+        self.rufh: rufh.RufhHandler | None = None
 
 
 def create_app(settings: Settings, components: Components | None = None) -> Starlette:
@@ -114,6 +117,8 @@ def create_app(settings: Settings, components: Components | None = None) -> Star
     handler = TusHandler(settings, parts.store, parts.locker, parts.admission, parts.finalizer, parts.metrics,
                          dedupe)
     parts.tus = handler
+    parts.rufh = rufh.RufhHandler(handler)
+    endpoint = rufh.Dispatch(handler, parts.rufh)  # /files/ takes creations of both protocols
     llama = LlamaApi(settings, parts.catalog, stopping=lambda: handler.shutting_down)
     parts.metrics.watch_store(parts.store, parts.finalizer.queue_depth)
     parts.metrics.lock_releases.set_function(lambda: parts.locker.release_requests)
@@ -127,7 +132,8 @@ def create_app(settings: Settings, components: Components | None = None) -> Star
 
     async def api_config(request: Request) -> Response:
         return JSONResponse({"auth_required": parts.admission.auth_required, "max_size": settings.max_size,
-                             "tus_endpoint": BASE_PATH, "version": __version__,
+                             "tus_endpoint": BASE_PATH, "rufh_endpoint": rufh.UPLOADS_PATH,
+                             "max_append_size": settings.max_append_size, "version": __version__,
                              "checksum_algorithms": list(tus.CHECKSUM_ALGORITHMS)})
 
     async def api_upload(request: Request) -> Response:
@@ -162,14 +168,15 @@ def create_app(settings: Settings, components: Components | None = None) -> Star
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     routes: list[Route | Mount] = [
-        Route("/files", handler.post, methods=["POST"]),
-        Route("/files", handler.options, methods=["OPTIONS"]),
-        Route(BASE_PATH, handler.post, methods=["POST"]),
-        Route(BASE_PATH, handler.options, methods=["OPTIONS"]),
+        Route("/files", endpoint.post, methods=["POST"]),
+        Route("/files", endpoint.options, methods=["OPTIONS"]),
+        Route(BASE_PATH, endpoint.post, methods=["POST"]),
+        Route(BASE_PATH, endpoint.options, methods=["OPTIONS"]),
         Route(BASE_PATH + "{upload_id}", handler.head, methods=["HEAD"]),
         Route(BASE_PATH + "{upload_id}", handler.patch, methods=["PATCH"]),
         Route(BASE_PATH + "{upload_id}", handler.delete, methods=["DELETE"]),
         Route(BASE_PATH + "{upload_id}", handler.options, methods=["OPTIONS"]),
+        *(Route(path, route, methods=methods) for path, route, methods in rufh.routes(parts.rufh)),
         Route("/api/config", api_config, methods=["GET"]),
         Route("/api/uploads/{upload_id}", authed(api_upload), methods=["GET"]),
         Route("/api/models", authed(api_models), methods=["GET"]),

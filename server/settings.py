@@ -169,6 +169,11 @@ class Settings:
     allow_anonymous: bool = setting(parse_bool, False, "accept uploads without a token on a non-loopback address",
                                    flag_kind="switch", commands=SERVE)
     max_size: int = setting(parse_size, 256 * GIB, "largest upload accepted (Tus-Max-Size)", commands=SERVE)
+    max_append_size: int | None = setting(
+        parse_size, None,
+        "largest request body accepted (e.g. 95MiB behind Cloudflare's 100 MB limit), announced as Upload-Limit's "
+        "max-append-size and in /api/config, which the web UI and modeldrop upload follow; larger tus PATCHes get 413",
+        commands=SERVE)
     fsync: bool = setting(
         parse_bool, True,
         "sync data before reporting an offset (--no-fsync only to compare with servers that never sync)",
@@ -237,6 +242,8 @@ class Settings:
             object.__setattr__(self, name, self.data_dir / folder if value is None else Path(value))
         if self.max_size <= 0:
             raise SettingsError("--max-size must be positive")
+        if self.max_append_size is not None and self.max_append_size <= 0:
+            raise SettingsError("--max-append-size must be positive")
         if self.sync_interval < MIB:
             raise SettingsError("--sync-interval must be at least 1MiB")
         if self.workers < 1:

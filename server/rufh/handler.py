@@ -27,7 +27,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modeldrop.server import errors
+from modeldrop.server.admission import read_set
 from modeldrop.server.socket_body import INTERIM, InterimResponses
+from modeldrop.server.store.dedupe import token_fingerprint
 from modeldrop.server.store.errors import StoreError
 from modeldrop.server.store.info import UploadInfo
 from modeldrop.server.tus import headers as tus
@@ -139,15 +141,19 @@ class RufhHandler:
             raise errors.InvalidFilename("name the model: send Content-Disposition: attachment; "
                                          "filename=\"NAME.gguf\" (or tus Upload-Metadata with a filename)")
         filename = tus.validate_filename(name)
-        await asyncio.to_thread(self.admission.check_name_free, filename)
+        place = read_set(metadata, filename)  # tus metadata `set`/`set_size`: a file of a model set
+        await asyncio.to_thread(self.admission.check_name_free, filename, place)
         sha256 = rufh.representation_sha256(h.get("repr-digest"))
         from_metadata = tus.validate_sha256(metadata.get("sha256"))
         if sha256 and from_metadata and sha256 != from_metadata:
             raise errors.InvalidHeader("Repr-Digest and the sha256 metadata name different digests")
         checksum = rufh.content_checksum(h.get("content-digest"))
 
+        named = place if place is not None and place.named else None
         info = UploadInfo(id=self.tus.store.new_id(), length=length, metadata_header=h.get("upload-metadata", ""),
-                          filename=filename, sha256_expected=sha256 or from_metadata, created_at=time.time())
+                          filename=filename, sha256_expected=sha256 or from_metadata, created_at=time.time(),
+                          token_fp=token_fingerprint(self.settings.token, h),
+                          set_name=named.set if named else None, set_size=named.size if named else None)
         if has_body and length is None:
             await asyncio.to_thread(self.admission.check_unsized_body, content_length, chunked)
         info = await asyncio.to_thread(self.admission.admit, length, functools.partial(self.tus.store.create, info))

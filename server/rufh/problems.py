@@ -21,7 +21,8 @@ MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPES = "https://iana.org/assignments/http-problem-types#"
 # tus's 460 is not an HTTP status other clients know: a Content-Digest that does not match is a bad request
 STATUS_FOR_RUFH = {errors.ChecksumMismatch.status: 400}
-TITLES = {errors.ChecksumMismatch.code: "Content Digest Mismatch"}
+# RFC 9110's names where Python's http.HTTPStatus still has RFC 7231's
+PHRASES = {413: "Content Too Large", 422: "Unprocessable Content"}
 
 
 class Problem(errors.HTTPError):
@@ -67,9 +68,9 @@ def body(error: errors.HTTPError) -> dict[str, Any]:
         document: dict[str, Any] = {"type": error.problem_type, "title": error.title}
     else:
         try:
-            phrase = http.HTTPStatus(status).phrase
+            phrase = PHRASES.get(status) or http.HTTPStatus(status).phrase
         except ValueError:
-            phrase = TITLES.get(error.code, "Error")
+            phrase = "Error"
         document = {"type": "about:blank", "title": phrase}
     document.update(status=status, detail=error.message, error=error.code)
     if isinstance(error, Problem):

@@ -156,7 +156,7 @@ class TusHandler:
             claim = Claim(filename, length, sha256, token_fp, h.get("upload-metadata", ""))
             match = await asyncio.to_thread(self.dedupe.match, claim)  # resumed, linked or installed already
             if match is not None:
-                return await self._matched(request, match, bool(tus.parse_content_length(h)))
+                return await self._matched(request, match, bool(tus.parse_content_length(h)) or _chunked(h))
         if filename is not None and not is_partial:
             await asyncio.to_thread(self.admission.check_name_free, filename, place)
         if length == 0 and not is_partial:
@@ -166,6 +166,7 @@ class TusHandler:
         has_body = bool(content_length) or "chunked" in h.get("transfer-encoding", "")
         if has_body:
             tus.check_patch_content_type(body_type)
+            self.admission.check_append_size(content_length)
             body_limit = length if length is not None else self.settings.max_size
             if (content_length or 0) > body_limit:
                 raise errors.TooLarge(f"the request body is {h['content-length']} bytes, more than the upload's "
@@ -200,15 +201,18 @@ class TusHandler:
         info = match.info
         headers = {"Location": f"{self._base_url(request)}{BASE_PATH}{info.id}", **self._upload_headers(info),
                    "Upload-Offset": str(info.offset), "Upload-Length": str(info.length), MATCH_HEADER: match.kind}
+        unread = has_body
         async with contextlib.AsyncExitStack() as held:
             if match.kind is Kind.RESUMED and not info.is_complete:  # a durable offset: a writer is asked to let go
                 lock = await held.enter_async_context(await self._lock(info.id))
                 info = await self._load(info.id)
                 headers["Upload-Offset"] = str(info.offset)
                 if has_body and info.offset == 0:
-                    info = await self._write_body(request, info, lock)
+                    info, unread = await self._write_body(request, info, lock), False
                     headers.update(self._upload_headers(info))
                     headers["Upload-Offset"] = str(info.offset)
+        if unread:  # not drained for nothing: the connection closes after the answer
+            headers["Connection"] = "close"
         return JSONResponse({**match.body(), "offset": info.offset}, status_code=201, headers=headers)
 
     async def _create_final(self, request: Request, info: UploadInfo, urls: tuple[str, ...]) -> Response:
@@ -242,17 +246,7 @@ class TusHandler:
 
     async def head(self, request: Request) -> Response:
         self._check_common(request)
-        upload_id = request.path_params["upload_id"]
-        info = self.records.get(upload_id)
-        if info is None:
-            token = self.records.token()
-            info = await asyncio.to_thread(self._durable_snapshot, upload_id)
-            if info is None:
-                # a stale PATCH holds this upload: ask it to save and let go, so the offset we report is durable
-                async with await self._lock(upload_id):
-                    info = await self._load(upload_id)
-            else:
-                self.records.put(info, token)
+        info = await self.snapshot(request.path_params["upload_id"])
         headers = {**self._upload_headers(info), "Cache-Control": "no-store", "Upload-Offset": str(info.offset)}
         if info.length is None:
             headers["Upload-Defer-Length"] = "1"
@@ -266,6 +260,21 @@ class TusHandler:
             base = self._base_url(request)
             headers["Upload-Concat"] = "final;" + " ".join(f"{base}{BASE_PATH}{part}" for part in info.parts)
         return Response(status_code=200, headers=headers)
+
+    async def snapshot(self, upload_id: str) -> UploadInfo:
+        """The upload's record with a durable offset, for an offset retrieval (tus HEAD, RUFH HEAD): from the
+        cache, or read while nobody writes it, or after asking a request still writing it to save and let go."""
+        info = self.records.get(upload_id)
+        if info is None:
+            token = self.records.token()
+            info = await asyncio.to_thread(self._durable_snapshot, upload_id)
+            if info is None:
+                # a stale PATCH holds this upload: ask it to save and let go, so the offset we report is durable
+                async with await self._lock(upload_id):
+                    info = await self._load(upload_id)
+            else:
+                self.records.put(info, token)
+        return info
 
     def _durable_snapshot(self, upload_id: str) -> UploadInfo | None:
         """In one worker-thread call: the upload's record, read while nobody writes it; None if someone does.
@@ -299,6 +308,7 @@ class TusHandler:
             declared_length = tus.parse_non_negative("Upload-Length", h["upload-length"])
         checksum = tus.parse_upload_checksum(h.get("upload-checksum"))
         content_length = tus.parse_content_length(h)
+        self.admission.check_append_size(content_length)
         upload_id = request.path_params["upload_id"]
 
         info = await self._load(upload_id)
@@ -309,8 +319,12 @@ class TusHandler:
         async with await self._lock(upload_id) as lock:
             info = await self._load(upload_id)
             if client_offset != info.offset:
+                # a body refused before its first byte is not read to its end: the connection closes after the
+                # answer (a browser that kept sending would otherwise send the whole chunk for nothing)
+                closing = {"Connection": "close"} if content_length or _chunked(h) else {}
                 raise errors.OffsetMismatch(f"Upload-Offset is {client_offset} but the upload has {info.offset} "
-                                            "bytes; resume from there", headers={"Upload-Offset": str(info.offset)})
+                                            "bytes; resume from there",
+                                            headers={"Upload-Offset": str(info.offset), **closing})
             if declared_length is not None:
                 info = await self._declare_length(info, declared_length)
             if info.length is None:
@@ -459,7 +473,12 @@ class TusHandler:
 
     async def delete(self, request: Request) -> Response:
         self._check_common(request)
-        upload_id = request.path_params["upload_id"]
+        await self.terminate(request.path_params["upload_id"])
+        return Response(status_code=204, headers={"Tus-Resumable": tus.TUS_VERSION})
+
+    async def terminate(self, upload_id: str) -> None:
+        """Terminates an unfinished upload (tus DELETE, RUFH cancellation), after asking a request still writing
+        it to save and let go."""
         info = await self._load(upload_id)
         async with await self._lock(upload_id):
             info = await self._load(upload_id)
@@ -475,7 +494,6 @@ class TusHandler:
             self.records.drop(upload_id)
         self.metrics.uploads_terminated.inc()
         log.info("terminated upload=%s", upload_id)
-        return Response(status_code=204, headers={"Tus-Resumable": tus.TUS_VERSION})
 
     # -- shutdown -------------------------------------------------------------------------------
 
