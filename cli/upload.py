@@ -151,7 +151,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                              "of its size to compare with")
     parser.add_argument("--chunk-size", metavar="SIZE", type=_size_argument, default=None,
                         help="send at most SIZE bytes per PATCH, e.g. 90MiB behind Cloudflare's 100 MB "
-                             "request limit (units K/M/G/T are binary; default: the whole file in one PATCH)")
+                             "request limit (units K/M/G/T are binary; default: the server's limit from its "
+                             "--max-append-size, else the whole file in one PATCH)")
     parser.add_argument("--retries", metavar="N", type=_count_argument, default=DEFAULT_POLICY.attempts,
                         help=f"retries in a row without progress before giving up (default {DEFAULT_POLICY.attempts})")
     parser.add_argument("--retry-delay", metavar="SECONDS", type=float, default=DEFAULT_POLICY.first_delay,
@@ -207,13 +208,13 @@ def plan_jobs(arguments: list[str], sha256: str | None, set_name: str | None = N
         if not os.access(path, os.R_OK):
             raise UsageError(f"{path_text}: not readable")
         jobs.append(UploadJob(path, info.st_size, info.st_mtime_ns, digest))
-    return jobs
     try:
         model_set = tus.plan_set([job.name for job in jobs], set_name)
     except ValueError as error:
         raise UsageError(str(error)) from None
     if model_set is not None:
         jobs = [job._replace(set_name=model_set[0], set_size=model_set[1]) for job in jobs]
+    return jobs
 
 
 def run(command: str, args: argparse.Namespace) -> int:
@@ -306,6 +307,7 @@ class Uploader:
         self.chunk_size, self.wait, self.quiet, self.stderr = chunk_size, wait, quiet, stderr
         self.sleep, self.jitter = sleep, jitter
         self.hash_files = hash_files  # --hash: every file's digest before its creation (cli/digest.py)
+        self._server_limit_known = chunk_size is not None  # --chunk-size given: the server is not asked
 
     def close(self) -> None:
         self.http.close()
@@ -449,7 +451,7 @@ class Uploader:
         return Position(upload_url, tus.parse_offset(offset_header) if offset_header else 0, status_url)
 
     def _patch(self, job: UploadJob, position: Position, progress: Progress) -> Position:
-        count = tus.chunk_length(position.offset, job.size, self.chunk_size)
+        count = tus.chunk_length(position.offset, job.size, self._chunk_size())
         self._check_unchanged(job)
         try:
             file = open(job.path, "rb")
@@ -517,6 +519,25 @@ class Uploader:
             return lookup_candidates(response.json()) if response.ok else []
         except (Retryable, tus.ProtocolError):
             return []
+
+    def _chunk_size(self) -> int | None:
+        """--chunk-size, else the largest request body the server takes (its --max-append-size, which GET
+        /api/config gives as max_append_size: a proxy in front of it would refuse more); None: the whole file."""
+        if not self._server_limit_known:
+            try:
+                response = self._request("GET", tus.api_url(self.server, "config"), tus.json_headers(self.token))
+            except Retryable:
+                return None  # asked again before the next PATCH
+            try:
+                config = response.json() if response.ok else None
+            except tus.ProtocolError:
+                config = None  # not modeldrop's JSON (a proxy's page): no limit known
+            self._server_limit_known = True
+            limit = config.get("max_append_size") if isinstance(config, dict) else None
+            if isinstance(limit, int) and limit > 0:
+                self.chunk_size = limit
+                self._note(f"sending at most {tus.format_size(limit)} per request, the server's limit")
+        return self.chunk_size
 
     def _server_failure(self, status_url: str | None) -> str | None:
         """The reason the server failed this upload, or None (also when it cannot say: this is a hint only)."""
