@@ -2,7 +2,7 @@
 //
 //   node upload.mjs --endpoint URL --file PATH [--chunk-size N] [--parallel N] [--retry-delays 0,500,1000|none]
 //        [--header Name:value]... [--metadata key=value]... [--url-storage FILE] [--upload-url URL]
-//        [--stop-after BYTES] [--delay-ms N]
+//        [--stop-after BYTES] [--delay-ms N] [--protocol ietf-draft-05]
 //
 // The file is given as fs.createReadStream(path): tus-js-client then streams it (one PATCH unless
 // --chunk-size). --delay-ms waits before each PATCH, so a fault a test injects lands mid-upload. Every line on stdout is one JSON object with an "event":
@@ -53,6 +53,7 @@ const { values: args } = parseArgs({
     'url-storage': { type: 'string' },
     'upload-url': { type: 'string' },
     'stop-after': { type: 'string' },
+    protocol: { type: 'string' },
     'delay-ms': { type: 'string', default: '0' },
   },
 })
@@ -124,6 +125,7 @@ const options = {
 }
 if (args['chunk-size']) options.chunkSize = Number(args['chunk-size'])
 if (args.parallel) options.parallelUploads = Number(args.parallel)
+if (args.protocol) options.protocol = args.protocol // tus-v1 (default), ietf-draft-03 or ietf-draft-05
 if (args['url-storage']) {
   options.urlStorage = new FileUrlStorage(args['url-storage'])
   options.removeFingerprintOnSuccess = false

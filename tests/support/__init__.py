@@ -1,9 +1,10 @@
 """Code the tests share: one module per thing, and the only place test code is shared (test_layout.py checks).
 
     tus        the one tus test client (TusClient) and requests written by hand (RawRequest, RawPatch, raw_request)
+    rufh       the Resumable Uploads for HTTP test client (RufhClient), and RawExchange, which reads 104s too
     app        the app in process, for the per-method handler tests (make_app: the one place tests build it)
     processes  real `modeldrop serve`, `modeldrop worker`, redis-server and nginx processes on free ports
-    clients    real tus clients: tus-js-client (tests/js/upload.mjs) and tuspy, and what they saw (Trace)
+    clients    real tus clients: tus-js-client (tests/js/upload.mjs, tus or RUFH) and tuspy, and what they saw (Trace)
     models     model files and their hashes, and models/ as llama-server sees it (ModelsWatcher)
     proxy      a TCP relay that throttles, cuts or half-opens connections
     disk       a small tmpfs to fill up

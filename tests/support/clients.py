@@ -46,17 +46,18 @@ def require_node() -> str:
 class NodeUpload:
     """`node upload.mjs …` in the background; `events` fills up with the script's JSON lines.
 
-    delay_ms waits before each PATCH (with a chunk size, so a fault a test injects lands mid-upload)."""
+    delay_ms waits before each PATCH (with a chunk size, so a fault a test injects lands mid-upload); protocol is
+    tus-js-client's (`ietf-draft-03` or `ietf-draft-05` for Resumable Uploads for HTTP)."""
 
     def __init__(self, file: Path, endpoint: str | None = None, *, chunk_size: int | None = None,
                  parallel: int | None = None, retry_delays: list[int] | None = None,
                  headers: dict[str, str] | None = None, metadata: dict[str, str] | None = None,
                  url_storage: Path | None = None, upload_url: str | None = None, stop_after: int | None = None,
-                 delay_ms: int | None = None) -> None:
+                 delay_ms: int | None = None, protocol: str | None = None) -> None:
         argv = [require_node(), str(UPLOAD_SCRIPT), "--file", str(file)]
         named = {"--endpoint": endpoint, "--chunk-size": chunk_size, "--parallel": parallel,
                  "--url-storage": url_storage, "--upload-url": upload_url, "--stop-after": stop_after,
-                 "--delay-ms": delay_ms,
+                 "--delay-ms": delay_ms, "--protocol": protocol,
                  "--retry-delays": ",".join(map(str, retry_delays)) if retry_delays is not None else None}
         for flag, value in named.items():
             if value is not None:
