@@ -32,6 +32,15 @@ function dash(value) {
   return value == null || value === '' ? h('span', { class: 'muted' }, '—') : value
 }
 
+const PART_ROLES = { model: 'model', shard: 'shard', projector: 'projector (mmproj)' }
+
+/** What a model's folder holds, on its toggle: "Split · 3 shards", "Model + projector", "Split · 2 shards + projector". */
+function folderLabel(model) {
+  const shards = model.shards?.length || 0
+  const base = shards ? `Split · ${shards} shards` : 'Model'
+  return model.projector ? `${base} + projector` : base
+}
+
 /** llama-server's id for an entry of the models directory: a file without `.gguf`, a split set's folder. */
 function modelId(name) {
   return name.toLowerCase().endsWith('.gguf') ? name.slice(0, -5) : name
@@ -204,7 +213,9 @@ export function initModels() {
 
   function modelRows(model) {
     const gguf = model.gguf || {}
-    const isSplit = model.kind === 'split' && model.shards?.length
+    // a folder: a split model's shards, or a model (one file or shards) and its projector, listed as their parts
+    const parts = model.kind === 'file' ? [] : model.parts || model.shards || []
+    const isSplit = parts.length > 0
     const open = isSplit && expanded.has(model.name)
     const installed = parseTime(model.installed_at ?? model.mtime)
     const sub = []
@@ -219,7 +230,7 @@ export function initModels() {
           else expanded.add(model.name)
           render(lastData)
         },
-      }, icon('chevron'), `Split · ${model.shards.length} shards`))
+      }, icon('chevron'), folderLabel(model)))
     }
     if (model.status && model.status !== 'ok') {
       sub.push(h('span', { class: 'chip chip-warn', 'data-testid': 'model-status' }, model.status))
@@ -251,8 +262,10 @@ export function initModels() {
     if (!open) return [row]
     const shards = h('tr', { class: 'shards-row', 'data-testid': `shards-${model.name}` },
       h('td', { colspan: String(COLUMNS) },
-        h('ul', { class: 'shard-list' }, model.shards.map((shard) => h('li', { 'data-testid': `shard-${shard.name}` },
-          h('span', { class: 'mono shard-name' }, shard.name), h('span', { class: 'muted' }, formatBytes(shard.size)))))))
+        h('ul', { class: 'shard-list' }, parts.map((shard) => h('li', { 'data-testid': `shard-${shard.name}`, 'data-role': shard.role || 'shard' },
+          h('span', { class: 'mono shard-name' }, shard.name),
+          model.kind === 'set' ? h('span', { class: 'chip' }, PART_ROLES[shard.role] || shard.role) : null,
+          h('span', { class: 'muted' }, formatBytes(shard.size)))))))
     return [row, shards]
   }
 
@@ -270,7 +283,7 @@ export function initModels() {
   async function remove(model, button) {
     const ok = await confirmAction({
       title: `Delete ${model.name}?`,
-      message: `This removes ${formatBytes(model.size)}${model.shards?.length ? ` (${model.shards.length} shards)` : ''} from the models directory. llama-server will no longer be able to load it.`,
+      message: `This removes ${formatBytes(model.size)}${model.projector ? ' (the model and its projector)' : model.shards?.length ? ` (${model.shards.length} shards)` : ''} from the models directory. llama-server will no longer be able to load it.`,
       confirmLabel: 'Delete model',
     })
     if (!ok) return

@@ -10,6 +10,7 @@ import { authHeaders, messageFromBody, sentence } from './lib/api.js'
 import { $, h, icon, setText, show } from './lib/dom.js'
 import { formatBytes, formatCount, formatDuration, formatParams, formatRate, shortHash } from './lib/format.js'
 import { initChunkSize } from './settings.js'
+import { planSets } from './sets.js'
 import { UploadCard } from './upload-card.js'
 
 const RETRY_DELAYS = [0, 1000, 3000, 5000, 10000, 20000, 30000, 60000]
@@ -83,6 +84,7 @@ function ggufChips(gguf) {
   if (params) chips.push({ text: `${params} params`, title: 'Parameters' })
   if (gguf.context_length) chips.push({ text: `ctx ${formatCount(gguf.context_length)}`, title: 'Context length' })
   if (gguf.split_count > 1) chips.push({ text: `shard ${gguf.split_no + 1} of ${gguf.split_count}`, title: 'Split model' })
+  if (gguf.type === 'mmproj' || gguf.architecture === 'clip') chips.push({ text: 'projector', title: 'Multimodal projector (mmproj)' })
   return chips
 }
 
@@ -90,6 +92,7 @@ function serverChips(status) {
   const chips = ggufChips(status.gguf)
   const { set, llama_server: llama } = status
   if (set && set.count > 1 && !set.missing?.length) chips.push({ text: `all ${set.count} shards present`, tone: 'ok' })
+  if (set?.size && !set.waiting) chips.push({ text: `set ${set.prefix}: ${set.files?.length || set.size} files`, tone: 'ok', title: 'Installed together' })
   if (llama?.error) chips.push({ text: `llama-server: ${llama.error}`, tone: 'danger' })
   else if (llama?.listed === true) chips.push({ text: 'listed by llama-server', tone: 'ok' })
   else if (llama?.listed === false) chips.push({ text: 'not listed by llama-server yet', tone: 'warn' })
@@ -142,7 +145,7 @@ export function initUploads({ config, auth, onInstalled }) {
     hideProgressDetails: true, // per-file details are on the cards, in the page's units
     disableInformer: true,
     proudlyDisplayPoweredByUppy: false,
-    note: `Only .gguf files${maxSize ? `, up to ${formatBytes(maxSize)} each` : ''}. For a split model, drop all its shards together.`,
+    note: `Only .gguf files${maxSize ? `, up to ${formatBytes(maxSize)} each` : ''}. For a split model, drop all its shards together; for a multimodal model, its mmproj file with it.`,
     locale: {
       strings: {
         dropPasteFiles: 'Drop .gguf files here or %{browseFiles}',
@@ -177,7 +180,28 @@ export function initUploads({ config, auth, onInstalled }) {
     const file = uppy.getFile(fileID)
     if (!file) return
     uppy.setFileMeta(fileID, { sha256: sha || '' })
-    uppy.setFileState(fileID, { tus: { ...file.tus, allowedMetaFields: sha ? [...BASE_META, 'sha256'] : BASE_META } })
+    uppy.setFileState(fileID, { tus: { ...file.tus, allowedMetaFields: metaFields({ ...file.meta, sha256: sha }) } })
+  }
+
+  /** The metadata fields sent for a file: filename and filetype, its sha256 and its set when it has them. */
+  function metaFields(meta) {
+    return [...BASE_META, ...(meta.sha256 ? ['sha256'] : []), ...(meta.set ? ['set', 'set_size'] : [])]
+  }
+
+  /** Files about to be sent: a projector with its model makes one set (sets.js), installed together. */
+  function assignSets() {
+    const files = uppy.getFiles().filter((f) => !f.progress.uploadStarted && !f.isGhost)
+    const { sets, lone } = planSets(files)
+    const inSet = new Map(sets.flatMap((set) => set.files.map((f) => [f.id, set])))
+    for (const file of files) {
+      const set = inSet.get(file.id)
+      const meta = { set: set?.name || '', set_size: set ? String(set.files.length) : '' }
+      uppy.setFileMeta(file.id, meta)
+      uppy.setFileState(file.id, { tus: { ...uppy.getFile(file.id).tus, allowedMetaFields: metaFields({ ...file.meta, ...meta }) } })
+    }
+    for (const projector of lone) {
+      notify(`“${projector.name}” is a projector (mmproj): drop it together with its model, so both are installed as one model.`)
+    }
   }
 
   function invalidShaFiles() {
@@ -267,7 +291,10 @@ export function initUploads({ config, auth, onInstalled }) {
       return
     }
     if (uppy.getState().recoveredState) uppy.emit('restore-confirmed')
-    else uppy.upload().catch(() => {}) // failures show on each card
+    else {
+      assignSets()
+      uppy.upload().catch(() => {}) // failures show on each card
+    }
   })
 
   async function onAction(action, fileID) {
@@ -404,6 +431,14 @@ export function initUploads({ config, auth, onInstalled }) {
     }
     const waitNote = entry?.error ? ` (status unavailable: ${entry.error})` : ''
     const missing = status?.set?.missing || []
+    if (!isTerminal(state) && status?.set?.size && status.set.waiting) {
+      // A verified file of a model set (a model and its projector) waits, staged, for the rest of its set.
+      const what = (status.detail || '').replace(/^verified; waiting for /, '') || `${status.set.waiting} more file(s)`
+      return Object.assign(view, {
+        label: 'Waiting for its set', tone: 'warn', busy: false, steps: stepsFor(3),
+        line: `Verified. The model ${status.set.prefix} is installed once ${what} is uploaded too.${waitNote}`,
+      })
+    }
     if (!isTerminal(state) && missing.length) {
       // A verified shard of a split model waits, staged, for the rest of its set.
       const plural = missing.length > 1
