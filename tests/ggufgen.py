@@ -262,6 +262,8 @@ def write_projector(path: str | os.PathLike[str], *, name: str | None = "Tiny Pr
     image_std, use_gelu), then the encoder's tensors (v.patch_embd, v.position_embd, v.blk.N.*) and the projector's
     (mm.0, mm.2 for the llava "mlp" type). `legacy=True` leaves out general.type, as the older llava/clip
     converters (convert_image_encoder_to_gguf.py) did: their files say projector by the "clip" architecture alone.
+    With the defaults it is runnable beside write_runnable_llama (whose embedding is 64 wide, `text_embd`): the real
+    llama-server loads the pair ("loaded multimodal model") and answers a request carrying an image.
     """
     rng = np.random.default_rng(seed)
     writer = _writer(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ], name=name, size_label=None,
