@@ -28,8 +28,9 @@ from starlette.responses import Response
 
 from modeldrop.server import errors
 from modeldrop.server.admission import read_set
+from modeldrop.server.dedupe import MATCH_HEADER, Kind, Match
 from modeldrop.server.socket_body import INTERIM, InterimResponses
-from modeldrop.server.store.dedupe import token_fingerprint
+from modeldrop.server.store.dedupe import Claim, token_fingerprint
 from modeldrop.server.store.errors import StoreError
 from modeldrop.server.store.info import UploadInfo
 from modeldrop.server.tus import headers as tus
@@ -142,17 +143,24 @@ class RufhHandler:
                                          "filename=\"NAME.gguf\" (or tus Upload-Metadata with a filename)")
         filename = tus.validate_filename(name)
         place = read_set(metadata, filename)  # tus metadata `set`/`set_size`: a file of a model set
-        await asyncio.to_thread(self.admission.check_name_free, filename, place)
         sha256 = rufh.representation_sha256(h.get("repr-digest"))
         from_metadata = tus.validate_sha256(metadata.get("sha256"))
         if sha256 and from_metadata and sha256 != from_metadata:
             raise errors.InvalidHeader("Repr-Digest and the sha256 metadata name different digests")
+        sha256 = sha256 or from_metadata
         checksum = rufh.content_checksum(h.get("content-digest"))
+        token_fp = token_fingerprint(self.settings.token, h)
+        dedupe = self.tus.dedupe
+        if dedupe is not None and sha256 and length and place is None:
+            claim = Claim(filename, length, sha256, token_fp, h.get("upload-metadata", ""))
+            match = await asyncio.to_thread(dedupe.match, claim)  # resumed, linked or installed already
+            if match is not None:
+                return await self._matched(request, rev, match, complete, checksum, content_length)
+        await asyncio.to_thread(self.admission.check_name_free, filename, place)
 
         named = place if place is not None and place.named else None
         info = UploadInfo(id=self.tus.store.new_id(), length=length, metadata_header=h.get("upload-metadata", ""),
-                          filename=filename, sha256_expected=sha256 or from_metadata, created_at=time.time(),
-                          token_fp=token_fingerprint(self.settings.token, h),
+                          filename=filename, sha256_expected=sha256, created_at=time.time(), token_fp=token_fp,
                           set_name=named.set if named else None, set_size=named.size if named else None)
         if has_body and length is None:
             await asyncio.to_thread(self.admission.check_unsized_body, content_length, chunked)
@@ -172,6 +180,24 @@ class RufhHandler:
                 error.headers.setdefault("Location", location)  # the client resumes there
                 raise
         return self._appended(rev, info, 201, {"Location": location})
+
+    async def _matched(self, request: Request, rev: rufh.Revision, match: Match, complete: bool,
+                       checksum: tus.Checksum | None, content_length: int | None) -> Response:
+        """A creation of a file the server has (server/dedupe.py): 201 naming the upload it has, at its durable
+        offset, with Modeldrop-Match saying why. The body is stored only at byte 0 of a resumed upload that has
+        none yet; otherwise it is not read (the connection closes after the answer) and the client resumes."""
+        info = match.info
+        if match.kind is Kind.RESUMED and not info.is_complete:
+            info = await self.tus.snapshot(info.id)  # durable: a request still writing it is asked to let go
+            if content_length and info.offset == 0:
+                info = await self._append(request, rev, info.id, 0, complete, checksum, content_length)
+        location = self._location(request, info.id)
+        headers = {**self._headers(rev, info), "Location": location, "Upload-Offset": str(info.offset),
+                   rev.complete_header: rev.complete_value(info.is_complete), MATCH_HEADER: match.kind.value}
+        if info.length is not None:
+            headers["Upload-Length"] = str(info.length)
+        body = {**match.body(), "offset": info.offset, "status": f"/api/uploads/{info.id}"}
+        return Response(json.dumps(body), status_code=201, headers=headers, media_type="application/json")
 
     def _length(self, h: Mapping[str, str], complete: bool, content_length: int | None, offset: int,
                 known: int | None) -> int | None:

@@ -3,6 +3,8 @@ GGUF magic first, no overwrite, disk admission, and the browser guards (origins,
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 from collections.abc import Iterator
 
@@ -23,6 +25,10 @@ def client(server: ServerProcess) -> Iterator[RufhClient]:
     rufh = RufhClient(server.url)
     yield rufh
     rufh.http.close()
+
+
+def sha256_field(data: bytes) -> str:
+    return f"sha-256=:{base64.b64encode(hashlib.sha256(data).digest()).decode()}:"
 
 
 def refused(response: httpx.Response, status: int, code: str) -> None:
@@ -106,3 +112,28 @@ def test_a_rebinding_host_name_is_refused(client: RufhClient, server: ServerProc
     assert response.status_code == 421
     location = client.location(length=len(MODEL))
     assert client.request("HEAD", resource(location), {"Host": "attacker.example"}).status_code == 421
+
+
+def test_a_creation_declaring_a_digest_resumes_the_same_file(client: RufhClient) -> None:
+    """Resume from anywhere (server/dedupe.py), the RUFH way: Repr-Digest names the file."""
+    model = gguf_bytes(tensors=3, tensor_elems=777)  # bytes no other test installs (they would be linked)
+    name, digest = unique_name("again"), {"Repr-Digest": sha256_field(model)}
+    first = client.location(model[:3000], length=len(model), name=name, headers=digest)
+    again = client.create(length=len(model), name=name, headers=digest)
+    assert again.status_code == 201
+    assert again.headers["Modeldrop-Match"] == "resumed"
+    assert again.headers["Location"] == first
+    assert (again.headers["Upload-Offset"], again.headers["Upload-Complete"]) == ("3000", "?0")
+
+
+def test_a_creation_of_installed_bytes_under_a_new_name_is_linked(client: RufhClient, server: ServerProcess) -> None:
+    digest = {"Repr-Digest": sha256_field(MODEL)}
+    tus = TusClient(server.url)
+    tus.wait_installed(client.location(MODEL, complete=True, name=unique_name("original"), headers=digest))
+    copy = unique_name("copy")
+    response = client.create(length=len(MODEL), name=copy, headers=digest)  # nothing sent
+    assert response.status_code == 201
+    assert response.headers["Modeldrop-Match"] == "linked"
+    assert response.headers["Upload-Complete"] == "?1"
+    assert tus.wait_installed(response.headers["Location"])["final_name"] == copy
+    assert (server.models_dir / copy).read_bytes() == MODEL
