@@ -39,9 +39,11 @@ def disposition(name: str) -> str:
 
 
 class RufhClient:
-    def __init__(self, url: str, interop: int | None = CURRENT_INTEROP, token: str | None = None,
-                 timeout: float = 60) -> None:
-        self.http = httpx.Client(base_url=url, timeout=timeout)
+    """`RufhClient(url)` for a real server, `RufhClient(http=app.tus.http)` for the app in process (no 104 there)."""
+
+    def __init__(self, url: str = "", interop: int | None = CURRENT_INTEROP, token: str | None = None,
+                 timeout: float = 60, *, http: Any = None) -> None:
+        self.http = http if http is not None else httpx.Client(base_url=url, timeout=timeout)
         self.interop = interop
         self.token = token
 
