@@ -283,7 +283,7 @@ def _place(source_fd: int, data: Path, durable: bool) -> tuple[str, int]:
     The link is made from the open descriptor (/proc/self/fd), so it is the very file opened and checked, not
     whatever its name holds by now.
     """
-    directory = os.open(data.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    directory = os.open(data.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         # linkat(AT_SYMLINK_FOLLOW): os.link uses it only with a dir_fd; plain link() would link the /proc entry
         os.link(f"/proc/self/fd/{source_fd}", data.name, dst_dir_fd=directory, follow_symlinks=True)
