@@ -2,8 +2,8 @@
 
     python -m bench.client '<json job>'      prints one JSON result line
 
-Modes: `upload` (create, then one PATCH or fixed-size PATCHes; optionally poll modeldrop's status until
-installed), `concurrent` (N uploads, one PATCH each, in threads), `heads` (HEAD probes until a stop file
+Modes: `upload` (create, then one PATCH or fixed-size PATCHes; or with "protocol": "rufh" the whole file in
+one IETF Resumable Uploads creation; optionally poll modeldrop's status until installed), `concurrent` (N uploads, one PATCH each, in threads), `heads` (HEAD probes until a stop file
 appears), `raw` (sendfile a byte count to a plain TCP receiver, wait for its one-byte ack).
 Times are CLOCK_MONOTONIC, shared by every process on the machine. Every loop has a deadline.
 """
@@ -43,15 +43,17 @@ class Connection:
         return self._response(method)
 
     def _response(self, method: str) -> tuple[int, dict[str, str], bytes]:
-        while b"\r\n\r\n" not in self.buffer:
-            self._fill()
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        status = int(status_line.split()[1])
+        status = 100
+        while 100 <= status < 200:  # interim answers (100 Continue, RUFH's 104) come before the final one
+            while b"\r\n\r\n" not in self.buffer:
+                self._fill()
+            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            headers = {}
+            for line in header_lines:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            status = int(status_line.split()[1])
         if method == "HEAD" or status in (204, 304):
             return status, headers, b""
         if "chunked" in headers.get("transfer-encoding", ""):
@@ -128,12 +130,29 @@ def poll_installed(conn: Connection, upload_path: str, deadline: float) -> dict[
     return {"state": "timeout", "t_state": time.monotonic()}
 
 
+def create_with_data(conn: Connection, source: Any, length: int, filename: str) -> tuple[str, float]:
+    """IETF Resumable Uploads for HTTP (current draft, interop version 9): the whole file in the creation."""
+    status, headers, body = conn.request("POST", "/uploads/", {
+        "Upload-Draft-Interop-Version": "9", "Upload-Complete": "?1", "Upload-Length": str(length),
+        "Content-Disposition": f'attachment; filename="{filename}"', "Content-Type": "application/octet-stream"},
+        source, 0, length)
+    ended = time.monotonic()
+    if status not in (200, 201, 204):
+        raise RuntimeError(f"RUFH POST answered {status}: {body[:300]!r}")
+    return urllib.parse.urlsplit(headers["location"]).path, ended
+
+
 def upload(job: dict[str, Any]) -> dict[str, Any]:
     conn = Connection(job["port"])
     with open(job["source"], "rb") as source:
-        path = create(conn, job["base"], job["length"], job["filename"])
-        started = time.monotonic()
-        stamps = send(conn, path, source, job["length"], job.get("chunk", 0))
+        if job.get("protocol") == "rufh":
+            started = time.monotonic()
+            path, ended = create_with_data(conn, source, job["length"], job["filename"])
+            stamps = [ended]
+        else:
+            path = create(conn, job["base"], job["length"], job["filename"])
+            started = time.monotonic()
+            stamps = send(conn, path, source, job["length"], job.get("chunk", 0))
     result = {"path": path, "t_start": started, "t_end": stamps[-1], "patches": len(stamps)}
     if job.get("poll_status"):
         result.update(poll_installed(conn, path, stamps[-1] + job.get("status_timeout", 120)))

@@ -36,7 +36,7 @@ from bench.source import make_source, sha256_file, warm
 GIB = 1024**3
 MIB = 1024**2
 ALL_SERVERS = ["modeldrop", "modeldrop-nofsync", "tuspyserver", "tus-node", "uvicorn-store", "uvicorn-store-sha256"]
-ALL_WORKLOADS = ["limits", "one", "chunked", "concurrent", "cli", "rsync", "browser"]
+ALL_WORKLOADS = ["limits", "one", "rufh", "chunked", "concurrent", "cli", "rsync", "browser"]
 
 
 def parse_size(text: str) -> int:
@@ -63,7 +63,8 @@ def check_file(path: Path, expected: str) -> bool:
 # -- uploads --------------------------------------------------------------------------------------------
 
 
-def measure_upload(server: Server, source: dict[str, Any], chunk: int, filename: str) -> dict[str, Any]:
+def measure_upload(server: Server, source: dict[str, Any], chunk: int, filename: str,
+                   protocol: str = "tus") -> dict[str, Any]:
     # checking a stored 16 GiB file evicts the sources: read them back now, not during the upload, which
     # would count them in the page cache's growth and slow the client
     warm(Path(source["path"]))
@@ -78,7 +79,7 @@ def measure_upload(server: Server, source: dict[str, Any], chunk: int, filename:
         modeldrop = server.kind == "modeldrop"
         result = run_client({"mode": "upload", "port": server.port, "base": server.base, "source": source["path"],
                              "length": source["length"], "chunk": chunk, "filename": filename,
-                             "poll_status": modeldrop})
+                             "poll_status": modeldrop, "protocol": protocol})
         sampler.stop()
         peak_kib = max(proc.status_kib(server.pid, "VmHWM"), sampler.rss_max)
         cpu = proc.cpu_seconds(server.pid) - cpu_before
@@ -237,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                 if workload in workloads:
                     for server in order:
                         record(workload, server.name, measure_upload(server, source, chunk, "bench.gguf"))
+            if "rufh" in workloads:  # the same file in one IETF Resumable Uploads request, paired with "one"
+                for server in (s for s in order if s.kind == "modeldrop" and s.fsync):
+                    record("one", f"{server.name} (RUFH)", measure_upload(server, source, 0, "bench.gguf", "rufh"))
             if "concurrent" in workloads:
                 for server in (s for s in order if s.kind != "stack"):  # references for one upload's speed only
                     record("concurrent", server.name, measure_concurrent(server, small, args.concurrent, 4))
