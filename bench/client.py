@@ -3,8 +3,8 @@
     python -m bench.client '<json job>'      prints one JSON result line
 
 Modes: `upload` (create, then one PATCH or fixed-size PATCHes; or with "protocol": "rufh" the whole file in
-one IETF Resumable Uploads creation; optionally poll modeldrop's status until installed), `concurrent` (N uploads, one PATCH each, in threads), `heads` (HEAD probes until a stop file
-appears), `raw` (sendfile a byte count to a plain TCP receiver, wait for its one-byte ack).
+one IETF Resumable Uploads creation; optionally poll modeldrop's status until installed), `concurrent`
+(N uploads, one PATCH each, in threads), `heads` (HEAD probes until a stop file appears), `raw` (sendfile a byte count to a plain TCP receiver, wait for its one-byte ack).
 Times are CLOCK_MONOTONIC, shared by every process on the machine. Every loop has a deadline.
 """
 
