@@ -75,17 +75,18 @@ def test_a_dropped_model_and_projector_are_installed_as_one_model(server: Server
 PLAN = """
 import { planSets } from %s
 const files = JSON.parse(process.argv[1]).map((name, id) => ({ id: String(id), name }))
-const { sets, lone } = planSets(files)
+const { sets, lone } = planSets(files, JSON.parse(process.argv[2]))
 console.log(JSON.stringify({ sets: sets.map((s) => [s.name, s.files.map((f) => f.name)]), lone: lone.map((f) => f.name) }))
 """
 
 
-def plan(*names: str) -> dict[str, Any]:
+def plan(*names: str, installed: tuple[str, ...] = ()) -> dict[str, Any]:
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
     source = PLAN % json.dumps(str(REPO / "web" / "src" / "sets.js"))
-    result = subprocess.run([node, "--input-type=module", "-e", source, json.dumps(list(names))],
+    result = subprocess.run([node, "--input-type=module", "-e", source, json.dumps(list(names)),
+                             json.dumps(list(installed))],
                             capture_output=True, text=True, timeout=30, check=True)
     return dict(json.loads(result.stdout))
 
@@ -102,3 +103,29 @@ def test_the_page_pairs_each_projector_with_its_model() -> None:
                                                              "mmproj-gemma-3-4b-it-f16.gguf"]]]
     assert plan("mmproj-alone.gguf") == {"sets": [], "lone": ["mmproj-alone.gguf"]}
     assert plan("a.gguf", "b.gguf") == {"sets": [], "lone": []}  # no projector: each model on its own
+    # a projector alone joins the installed model most like it, if one is
+    assert plan("mmproj-Qwen2-VL-2B-f16.gguf", installed=("Qwen2-VL-2B-Q4_K_M", "gemma-3-4b-it-Q4_K_M")) == {
+        "sets": [["Qwen2-VL-2B-Q4_K_M", ["mmproj-Qwen2-VL-2B-f16.gguf"]]], "lone": []}
+    assert plan("mmproj-Qwen2-VL-2B-f16.gguf", installed=("Qwen2-VL-2B-Q4_K_M", "Qwen2-VL-2B-Q8_0"))["lone"] == [
+        "mmproj-Qwen2-VL-2B-f16.gguf"]  # two equally like it: the page does not guess
+
+
+def test_a_projector_dropped_alone_joins_the_installed_model(server: ServerProcess, open_page: OpenPage,
+                                                             tmp_path: Path) -> None:
+    model = write_model(tmp_path / "Vision-2B-Q4_K_M.gguf", tensors=3, tensor_elems=4096)
+    projector = write_projector(tmp_path / "mmproj-Vision-2B-f16.gguf")
+    page = open_page(server)
+    drop_files(page, model)
+    page.get_by_test_id("start-upload").click()
+    wait_for_state(card(page, model.name), "installed")
+    expect(page.get_by_test_id("model-row-Vision-2B-Q4_K_M.gguf")).to_have_attribute("data-kind", "file")
+
+    drop_files(page, projector)
+    page.get_by_test_id("start-upload").click()
+    wait_for_state(card(page, projector.name), "installed")
+    expect(card(page, projector.name)).to_contain_text("Installed as Vision-2B-Q4_K_M/mmproj-Vision-2B-f16.gguf")
+    row = page.get_by_test_id("model-row-Vision-2B-Q4_K_M")
+    expect(row).to_have_attribute("data-kind", "set")
+    expect(page.locator("[data-testid^=model-row-]")).to_have_count(1)
+    assert sorted(path.name for path in (server.models_dir / "Vision-2B-Q4_K_M").iterdir()) == sorted(
+        [model.name, projector.name])

@@ -15,13 +15,22 @@ function likeness(projector, model) {
   return words(projector).filter((word) => theirs.has(word)).length
 }
 
+/** The one name most like the projector's among `names`, or null when none is, or two are equally. */
+function mostLike(projector, names) {
+  const ranked = [...names].map((name) => [likeness(projector, name), name]).sort((a, b) => b[0] - a[0])
+  if (!ranked.length || ranked[0][0] === 0 || ranked[1]?.[0] === ranked[0][0]) return null
+  return ranked[0][1]
+}
+
 /**
  * The sets a batch of files makes: [{ name, files: [{ id, name }] }] for each projector paired with its model
- * (one file, or every shard of one split model), and `lone`, the projectors no model in the batch goes with.
+ * (one file, or every shard of one split model), and `lone`, the projectors no model goes with.
  * One model and one projector always pair; with several, each projector takes the model whose name is most
- * like its own, and one that no model resembles more than the others stays lone.
+ * like its own. A projector with no model in the batch joins the installed model (`installed`: llama-server's
+ * ids of the models directory's entries) whose name is most like its own: a set of that projector alone, which
+ * the server turns into the model's folder. One that no model resembles more than the others stays lone.
  */
-export function planSets(files) {
+export function planSets(files, installed = []) {
   const projectors = files.filter((file) => isProjector(file.name))
   const models = new Map() // set name -> files of that model
   for (const file of files) {
@@ -34,15 +43,16 @@ export function planSets(files) {
   const lone = []
   const free = new Set(models.keys())
   for (const projector of projectors) {
-    const ranked = [...free].map((name) => [likeness(projector.name, name), name]).sort((a, b) => b[0] - a[0])
     const only = free.size === 1 && projectors.length === 1
-    if (!ranked.length || (!only && (ranked[0][0] === 0 || ranked[1]?.[0] === ranked[0][0]))) {
-      lone.push(projector)
+    const name = only ? [...free][0] : mostLike(projector.name, free)
+    if (name !== null) {
+      free.delete(name)
+      sets.push({ name, files: [...models.get(name), projector] })
       continue
     }
-    const name = ranked[0][1]
-    free.delete(name)
-    sets.push({ name, files: [...models.get(name), projector] })
+    const joins = models.size ? null : mostLike(projector.name, installed)
+    if (joins !== null && !sets.some((set) => set.name === joins)) sets.push({ name: joins, files: [projector] })
+    else lone.push(projector)
   }
   return { sets, lone }
 }

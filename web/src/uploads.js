@@ -6,11 +6,11 @@ import GoldenRetriever from '@uppy/golden-retriever'
 import Tus from '@uppy/tus'
 import { confirmAction } from './dialogs.js'
 import { Finalizer, isTerminal, statusPathFor } from './finalize.js'
-import { authHeaders, messageFromBody, sentence } from './lib/api.js'
+import { api, authHeaders, messageFromBody, sentence } from './lib/api.js'
 import { $, h, icon, setText, show } from './lib/dom.js'
 import { formatBytes, formatCount, formatDuration, formatParams, formatRate, shortHash } from './lib/format.js'
 import { initChunkSize } from './settings.js'
-import { planSets } from './sets.js'
+import { isProjector, planSets } from './sets.js'
 import { UploadCard } from './upload-card.js'
 
 const RETRY_DELAYS = [0, 1000, 3000, 5000, 10000, 20000, 30000, 60000]
@@ -188,10 +188,19 @@ export function initUploads({ config, auth, onInstalled }) {
     return [...BASE_META, ...(meta.sha256 ? ['sha256'] : []), ...(meta.set ? ['set', 'set_size'] : [])]
   }
 
-  /** Files about to be sent: a projector with its model makes one set (sets.js), installed together. */
-  function assignSets() {
+  /** Files about to be sent: a projector with its model makes one set (sets.js), installed together; a projector
+   * alone joins the installed model whose name is most like its own. */
+  async function assignSets() {
     const files = uppy.getFiles().filter((f) => !f.progress.uploadStarted && !f.isGhost)
-    const { sets, lone } = planSets(files)
+    let installed = []
+    if (files.some((f) => isProjector(f.name))) {
+      try {
+        installed = ((await api('/api/models')).models || []).map((m) => m.llama?.id || m.name.replace(/\.gguf$/i, ''))
+      } catch {
+        // no list: a projector alone stays alone, and the server says why it cannot be installed
+      }
+    }
+    const { sets, lone } = planSets(files, installed)
     const inSet = new Map(sets.flatMap((set) => set.files.map((f) => [f.id, set])))
     for (const file of files) {
       const set = inSet.get(file.id)
@@ -200,7 +209,7 @@ export function initUploads({ config, auth, onInstalled }) {
       uppy.setFileState(file.id, { tus: { ...uppy.getFile(file.id).tus, allowedMetaFields: metaFields({ ...file.meta, ...meta }) } })
     }
     for (const projector of lone) {
-      notify(`“${projector.name}” is a projector (mmproj): drop it together with its model, so both are installed as one model.`)
+      notify(`“${projector.name}” is a projector (mmproj), and no model dropped or installed is clearly its own: drop it together with its model, so both are installed as one model.`)
     }
   }
 
@@ -291,10 +300,7 @@ export function initUploads({ config, auth, onInstalled }) {
       return
     }
     if (uppy.getState().recoveredState) uppy.emit('restore-confirmed')
-    else {
-      assignSets()
-      uppy.upload().catch(() => {}) // failures show on each card
-    }
+    else assignSets().finally(() => uppy.upload().catch(() => {})) // failures show on each card
   })
 
   async function onAction(action, fileID) {
