@@ -12,6 +12,7 @@ Split shards are staged one by one and published together as one directory when 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -593,7 +594,15 @@ def _adopt_installed(ctx: Components, name: str, set_dir: Path) -> Path:
             if not (child.endswith(".gguf") and gguf.is_projector_name(child)):  # the projector is the new one
                 sources.append(entry / child)
     for source in sources:
-        os.link(source, set_dir / source.name, follow_symlinks=False)  # a link itself, never what it points to
+        try:
+            os.link(source, set_dir / source.name, follow_symlinks=False)  # a link itself, never what it points to
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EACCES, errno.EMLINK, errno.EXDEV):
+                raise
+            raise Rejected(f"the installed {source.name} could not be hard-linked into the model's new folder "
+                           f"({exc.strerror}; the kernel's fs.protected_hardlinks refuses links to another user's "
+                           "file, e.g. with --file-uid): upload the model together with its projector instead") \
+                from None
     fsync_directory(set_dir)
     return entry
 
