@@ -364,3 +364,23 @@ def test_expired_model_set_fails_its_waiting_file(start_server: Callable[..., Se
     assert "expired" in failed["reason"] and "projector" in failed["reason"], failed["reason"]
     wait_sets_cleaned(server)
     assert os.listdir(server.models_dir) == []
+
+
+def test_verify_finds_a_set_changed_on_disk(server: ServerProcess, pair: tuple[Path, Path], tmp_path: Path) -> None:
+    model, projector = pair
+    client = TusClient(server.url)
+    for upload in [send(client, path, SET, 2) for path in (model, projector)]:
+        client.wait_installed(upload)
+    installed = server.models_dir / SET / projector.name
+    data = bytearray(installed.read_bytes())
+    data[-1] ^= 0xFF  # a flipped bit in the projector's tensors: the structure cannot see it, the digest can
+    installed.write_bytes(bytes(data))
+    assert client.get_json(f"/api/verify/{SET}")["ok"] is True
+    checked = client.get_json(f"/api/verify/{SET}?sha256=1")
+    assert checked["ok"] is False and projector.name in checked["reason"], checked
+    # a model put where the projector was: named as a projector, it is not one
+    write_model(installed)
+    checked = client.get_json(f"/api/verify/{SET}")
+    assert checked["ok"] is False and "named as a projector" in checked["reason"], checked
+    entry = client.get_json(f"/api/models/{SET}")
+    assert entry["status"] == "invalid" and "named as a projector" in entry["problem"], entry
