@@ -462,7 +462,7 @@ def _stage_member(ctx: Components, info: UploadInfo, place: sets.Member, data: P
         if previous and previous != info.id:
             _fail_quietly(ctx, previous, f"replaced by a newer upload of the same file of its set ({info.id})")
         progress = _progress(ctx, place, members, shard_count)
-        if progress.waiting:
+        if len(members) < place.size:
             waiting = sets.waiting_for(place.size, members, shard_count)
             log.info("upload=%s staged in set %s; waiting for %s", info.id, name, waiting)
             detail = f"verified; waiting for {waiting}"
