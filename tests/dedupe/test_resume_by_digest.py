@@ -5,13 +5,17 @@ real clients: tus-js-client (node), tuspy and the CLI, none of which knows the e
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 from tusclient.client import TusClient as TuspyClient
 
 from tests.support.cli import run_cli
-from tests.support.clients import NodeUpload
+from tests.support.clients import NodeUpload, require_node
 from tests.support.models import MIB, assert_installed
 from tests.support.processes import ServerProcess
 from tests.support.proxy import Proxy
@@ -189,3 +193,41 @@ def test_a_creation_with_its_body_fills_a_matched_upload_that_has_none(server: S
     assert response.status_code == 201 and response.headers["Location"] == first
     assert response.headers["Modeldrop-Match"] == "resumed" and response.headers["Upload-Offset"] == str(4 * MIB)
     assert stored_bytes(server, first) == model.read_bytes()[:4 * MIB]
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4 * MIB])
+def test_tus_js_client_sending_data_with_its_creation_follows_the_201(
+        server: ServerProcess, model: Path, digest: str, proxy: Callable[..., Proxy], chunk_size: int | None) -> None:
+    """With uploadDataDuringCreation the 201's Upload-Offset is where tus-js-client goes on: from the server's offset
+    when resumed, nowhere when the bytes are installed already (then linked under this name). Its POST's body is not
+    read; a POST that meets the closed connection is retried."""
+    node = require_node()
+    size = model.stat().st_size
+    first = start_elsewhere(TusClient(server.url), model, {"filename": "resumed.gguf", "sha256": "22" * 32})
+    relay = proxy(server)
+    script = Path(__file__).with_name("creation_with_upload.mjs")
+
+    def run(name: str, sha256: str) -> list[dict[str, Any]]:
+        argv = [node, str(script), f"{relay.url}/files/", str(model), name, sha256, str(chunk_size or "")]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        assert result.returncode == 0 and events[-1]["event"] == "success", result.stdout + result.stderr
+        return events
+
+    events = run("resumed.gguf", "22" * 32)  # a digest that is not this file's: the upload is never installed
+    assert events[-1]["url"].endswith(first.rsplit("/", 1)[1])
+    answers = [(e["method"], e["status"]) for e in events if e["event"] == "response"]
+    assert answers[0] == ("POST", 201) and all(answer == ("PATCH", 204) for answer in answers[1:])
+    assert TusClient(server.url).offset(first) == size
+    resumed_bytes = relay.forwarded
+    # each POST that met the closed connection put what was in flight on the wire (1-2 MiB on loopback)
+    assert resumed_bytes < size - STARTED + 8 * MIB, f"sent {resumed_bytes} bytes for the last {size - STARTED}"
+
+    install = TusClient(server.url).upload_file(model)
+    assert_installed(server, install, model)
+    before = relay.forwarded
+    events = run("linked.gguf", digest)
+    assert [(e["method"], e["status"], e["offset"]) for e in events if e["event"] == "response"] == [
+        ("POST", 201, str(size))]
+    assert relay.forwarded - before < 8 * MIB
+    assert os.stat(server.models_dir / "linked.gguf").st_ino == os.stat(server.models_dir / model.name).st_ino
