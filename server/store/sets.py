@@ -242,10 +242,10 @@ def _expire(store: FileStore, sets_dir: Path, prefix: str, expire_after: float) 
     what = "split set" if shard_count == size and PROJECTOR not in members else "model set"
     reason = (f"the {what} {prefix!r} expired: {waiting_for(size, members, shard_count)} did not arrive within "
               f"{expire_after:g}s of the last file staged; upload the whole set again")
+    remove_entry(sets_dir / prefix)  # first: a file whose status says failed has its staged bytes freed already
     for upload_id in members.values():
         with contextlib.suppress(errors.StoreError, OSError, ValueError, KeyError):
             if not store.state(upload_id).terminal:
                 store.mark_failed(store.load(upload_id), reason)
-    remove_entry(sets_dir / prefix)
     members_path(sets_dir, prefix).unlink(missing_ok=True)  # last: it marks the set as still to be freed
     return True

@@ -35,5 +35,6 @@ def test_expiry_staged_shards_of_an_incomplete_set_fail_and_are_freed(client: Tu
     assert staged["state"] == "verifying"
     failed = client.wait_state(location, "failed", timeout=EXPIRE_AFTER + 10)
     assert "00002" in failed["reason"] and "expired" in failed["reason"]
-    assert os.listdir(server.staging_dir / "sets") == []
+    # the members file goes last, just after the statuses are written
+    wait_for(lambda: os.listdir(server.staging_dir / "sets") == [], 5, "the expired set to be cleaned up")
     assert not (server.models_dir / "lonely").exists()
