@@ -21,12 +21,22 @@ import os
 import queue
 import threading
 
+from modeldrop.server import libc
 from modeldrop.server.store.filestore import UploadWriter
 
 ALIGN = 4096  # O_DIRECT's file offsets, lengths and memory addresses: a multiple of the block size
 BUFFER_BYTES = 2 * 1024 * 1024
 BUFFERS = 4  # per request: 8 MiB in memory, whatever the upload's size
 MAX_REQUESTS = 16  # at once; more fall back to splicing through the page cache, so memory stays bounded
+
+# Local disk file systems whose O_DIRECT is a direct write to the device that fdatasync then makes durable
+# with the file's size. Elsewhere (FUSE, network and layered file systems, tmpfs) O_DIRECT means what each
+# implementation makes of it, or is refused: those splice through the page cache, which every one supports.
+DIRECT_FILE_SYSTEMS = {
+    0xEF53: "ext2/3/4",
+    0x58465342: "xfs",
+    0x9123683E: "btrfs",
+}
 
 _slots = threading.BoundedSemaphore(MAX_REQUESTS)
 
@@ -160,8 +170,10 @@ class DirectAppender:
 
 
 def open_direct(writer: UploadWriter) -> DirectAppender | None:
-    """An appender for the writer's file, or None where O_DIRECT cannot be used (tmpfs and some FUSE file
-    systems refuse it; or MAX_REQUESTS bodies already hold their buffers): the caller splices instead."""
+    """An appender for the writer's file, or None where O_DIRECT is not used (a file system not in
+    DIRECT_FILE_SYSTEMS, or MAX_REQUESTS bodies already hold their buffers): the caller splices instead."""
+    if libc.file_system_type(writer.fd) not in DIRECT_FILE_SYSTEMS:
+        return None
     if not _slots.acquire(blocking=False):
         return None
     try:

@@ -68,6 +68,19 @@ def test_pieces_of_any_size_after_any_offset_land_in_order_and_hash_like_hashlib
     assert checkpoint is not None and checkpoint[0] == len(data)
 
 
+def test_a_file_system_not_known_for_o_direct_splices_instead(tmp_path: Path, mount) -> None:  # type: ignore[no-untyped-def]
+    """tmpfs takes O_DIRECT on new kernels, but only the local disk file systems listed get it."""
+    (tmp_path / "tmpfs").mkdir()
+    mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", target=tmp_path / "tmpfs")
+    store = FileStore(tmp_path / "tmpfs" / "staging")
+    store.prepare()
+    writer = new_writer(store, 10)
+    try:
+        assert direct.open_direct(writer) is None
+    finally:
+        writer.close()
+
+
 def test_beyond_max_requests_bodies_fall_back_so_memory_stays_bounded(store: FileStore) -> None:
     writers = [new_writer(store, 10) for _ in range(direct.MAX_REQUESTS + 1)]
     appenders = [direct.open_direct(writer) for writer in writers]
