@@ -18,9 +18,7 @@ from modeldrop.server.locks import LockSpace
 from modeldrop.server.store.filestore import FileStore
 from modeldrop.server.store.lifecycle import State
 from modeldrop.worker import finalize
-from modeldrop.worker.finalize import finalize_lock_name
-
-QUEUE_NAME = "modeldrop-finalize"
+from modeldrop.worker.finalize import QUEUE_NAME, finalize_lock_name
 
 log = logging.getLogger("modeldrop.finalizer")
 

@@ -38,6 +38,8 @@ from modeldrop.worker.publish import NameTaken, identity, notify_llama_server, p
 
 log = logging.getLogger("modeldrop.finalize")
 
+# the RQ queue finalize jobs go to: the worker listens on it, the server (server/finalizer.py) enqueues on it
+QUEUE_NAME = "modeldrop-finalize"
 MAX_ATTEMPTS = 5
 LOCK_WAIT = 5.0
 PROGRESS_EVERY = 2.0

@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 
-from modeldrop.server.finalizer import QUEUE_NAME
 from modeldrop.server.logs import configure_logging
 from modeldrop.server.directories import check_directories
 from modeldrop.server.settings import Settings, SettingsError, add_arguments as add_setting_arguments
@@ -62,7 +61,7 @@ def work(settings: Settings, burst: bool, parent: int | None = None) -> None:
     finalize.use(build(settings))  # once: RQ's work horses are forked from this process and inherit them
     # RQ's own connection: the same configuration, a client of its own (RQ lengthens its socket timeout)
     connection = redis_client(settings.redis_url)
-    queue = Queue(QUEUE_NAME, connection=connection)
+    queue = Queue(finalize.QUEUE_NAME, connection=connection)
     Worker([queue], connection=connection).work(burst=burst, with_scheduler=True,
                                                 logging_level=settings.log_level.upper())
 
@@ -78,8 +77,10 @@ def run(command: str, args: argparse.Namespace) -> int:
         print(f"modeldrop worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    log.info("finalize worker(s): %d on queue %s at %s (%s)", settings.workers, QUEUE_NAME, settings.redis_url,
-             settings.describe())
+    from modeldrop.worker.finalize import QUEUE_NAME
+
+    # describe() names Redis with its password hidden: never log settings.redis_url itself
+    log.info("finalize worker(s): %d on queue %s (%s)", settings.workers, QUEUE_NAME, settings.describe())
     if settings.workers == 1:
         work(settings, args.burst)
         return 0
