@@ -36,6 +36,7 @@ from modeldrop.server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, UploadInfo
 from modeldrop.server.tus import headers as tus
 from modeldrop.server.tus.body import BodyLimits, BodyResult, Interruption, receive_body, stopped_error
 from modeldrop.server.tus.interfaces import FinalizeQueue, Locker, UploadLock
+from modeldrop.server.tus.linger import answer_unread, refuse_unread
 from modeldrop.server.tus.spliced import receive_from_socket
 
 log = logging.getLogger("modeldrop.tus")
@@ -211,9 +212,8 @@ class TusHandler:
                     info, unread = await self._write_body(request, info, lock), False
                     headers.update(self._upload_headers(info))
                     headers["Upload-Offset"] = str(info.offset)
-        if unread:  # not drained for nothing: the connection closes after the answer
-            headers["Connection"] = "close"
-        return JSONResponse({**match.body(), "offset": info.offset}, status_code=201, headers=headers)
+        response = JSONResponse({**match.body(), "offset": info.offset}, status_code=201, headers=headers)
+        return answer_unread(request, response) if unread else response  # not read for nothing (tus/linger.py)
 
     async def _create_final(self, request: Request, info: UploadInfo, urls: tuple[str, ...]) -> Response:
         """Concatenation: the store assembles the final; this request holds the partials' locks meanwhile."""
@@ -319,12 +319,12 @@ class TusHandler:
         async with await self._lock(upload_id) as lock:
             info = await self._load(upload_id)
             if client_offset != info.offset:
-                # a body refused before its first byte is not read to its end: the connection closes after the
-                # answer (a browser that kept sending would otherwise send the whole chunk for nothing)
-                closing = {"Connection": "close"} if content_length or _chunked(h) else {}
-                raise errors.OffsetMismatch(f"Upload-Offset is {client_offset} but the upload has {info.offset} "
-                                            "bytes; resume from there",
-                                            headers={"Upload-Offset": str(info.offset), **closing})
+                mismatch = errors.OffsetMismatch(f"Upload-Offset is {client_offset} but the upload has {info.offset} "
+                                                 "bytes; resume from there",
+                                                 headers={"Upload-Offset": str(info.offset)})
+                if content_length or _chunked(h):  # refused before its first byte: not read to its end (tus/linger.py)
+                    return refuse_unread(request, mismatch, {"Tus-Resumable": tus.TUS_VERSION})
+                raise mismatch
             if declared_length is not None:
                 info = await self._declare_length(info, declared_length)
             if info.length is None:

@@ -89,5 +89,6 @@ def test_what_is_worth_hashing_and_what_the_server_said() -> None:
     assert not worth_hashing([], "x.gguf")
     assert lookup_candidates({"candidates": [installed, "junk"]}) == [installed]
     assert lookup_candidates("<html>") == [] and lookup_candidates({"candidates": None}) == []
-    assert tus.match_message(b'{"match": "linked", "message": "installed as x.gguf"}', "linked") == "installed as x.gguf"
+    answer = b'{"match": "linked", "message": "installed as x.gguf"}'
+    assert tus.match_message(answer, "linked") == "installed as x.gguf"
     assert "nothing to send" in tus.match_message(b"", "installed")
