@@ -116,6 +116,7 @@ export function initModels() {
   let live = null
   let follower = null
   let liveIds = ''
+  let liveCount = 0 // documents the stream has sent: a Load/Unload answer older than the latest is not applied
 
   function showError(message) {
     setText($('#models-error-text'), message || '')
@@ -163,10 +164,13 @@ export function initModels() {
   async function llamaAction(model, action) {
     busy.add(model.name)
     render(lastData)
+    const seen = liveCount
     try {
       const answer = await api(`/api/models/${encodeURIComponent(model.name)}/${action}`, { method: 'POST' })
       const state = answer?.llama
-      if (state?.id && live) live = { ...live, models: { ...live.models, [state.id]: state } }
+      // the stream may already have said what came after this answer (a load that failed at once): keep that
+      if (state?.id && live && liveCount !== seen) { /* newer news from the stream */ }
+      else if (state?.id && live) live = { ...live, models: { ...live.models, [state.id]: state } }
       else if (state?.id) model.llama = state
       showError('')
     } catch (err) {
@@ -181,6 +185,7 @@ export function initModels() {
   function applyLive(view) {
     const ids = Object.keys(view.models || {}).sort().join('\n')
     const listChanged = live !== null && ids !== liveIds
+    liveCount += 1
     live = view
     liveIds = ids
     if (lastData) render(lastData)
