@@ -142,3 +142,13 @@ def mount() -> Iterator[Any]:
     yield do_mount
     for target in reversed(targets):
         subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+@pytest.fixture
+def client_env(tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment: a state file of its own (empty: this machine never uploaded anything), and none
+    of the developer's modeldrop settings."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MODELDROP_")}
+    env["MODELDROP_STATE_FILE"] = str(tmp_path / "client-state" / "uploads.json")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -30,12 +29,3 @@ def copy_of(tmp_path: Path, model: Path) -> Callable[[str], Path]:
         folder.mkdir(parents=True)
         return Path(shutil.copyfile(model, folder / name))
     return make
-
-
-@pytest.fixture
-def client_env(tmp_path: Path) -> dict[str, str]:
-    """The CLI's environment: a state file of its own (empty: this machine never uploaded anything)."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MODELDROP_")}
-    env["MODELDROP_STATE_FILE"] = str(tmp_path / "client-state" / "uploads.json")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env

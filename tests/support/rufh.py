@@ -20,13 +20,12 @@ from typing import Any
 
 import httpx
 
-from tests.support.tus import unique_name, upload_id
+from tests.support.tus import Headers, merge_headers, unique_name, upload_id
 
 CURRENT_INTEROP = 9
 PARTIAL = "application/partial-upload"
 PROBLEM = "application/problem+json"
 PROBLEM_TYPES = "https://iana.org/assignments/http-problem-types#"
-Headers = Mapping[str, str | None]
 
 
 def resource(upload: str) -> str:
@@ -48,16 +47,8 @@ class RufhClient:
         self.token = token
 
     def headers(self, extra: Headers | None = None) -> dict[str, str]:
-        merged: dict[str, str | None] = {}
-        if self.interop is not None:
-            merged["Upload-Draft-Interop-Version"] = str(self.interop)
-        if self.token is not None:
-            merged["Authorization"] = f"Bearer {self.token}"
-        for name, value in (extra or {}).items():
-            for existing in [key for key in merged if key.lower() == name.lower()]:
-                del merged[existing]
-            merged[name] = value
-        return {name: value for name, value in merged.items() if value is not None}
+        interop = {"Upload-Draft-Interop-Version": str(self.interop)} if self.interop is not None else {}
+        return merge_headers(interop, self.token, extra)
 
     def request(self, method: str, target: str, headers: Headers | None = None, body: Any = None) -> httpx.Response:
         return self.http.request(method, target, headers=self.headers(headers), content=body)

@@ -172,6 +172,19 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
 # -- the client -----------------------------------------------------------------------------------
 
 
+def merge_headers(base: Headers, token: str | None, extra: Headers | None) -> dict[str, str]:
+    """A client's own headers, its token, then the request's: a name given again (in any case) replaces the
+    earlier one, and a header given as None is left out."""
+    merged: dict[str, str | None] = dict(base)
+    if token is not None:
+        merged["Authorization"] = f"Bearer {token}"
+    for name, value in (extra or {}).items():
+        for existing in [key for key in merged if key.lower() == name.lower()]:
+            del merged[existing]
+        merged[name] = value
+    return {name: value for name, value in merged.items() if value is not None}
+
+
 class TusClient:
     """tus and the status API over httpx: `TusClient(url)` for a real server, `TusClient(http=...)` for any
     httpx-like client (tests/support/app.py passes one that calls the app in process)."""
@@ -181,14 +194,7 @@ class TusClient:
         self.token = token
 
     def headers(self, extra: Headers | None = None) -> dict[str, str]:
-        merged: dict[str, str | None] = {"Tus-Resumable": TUS_VERSION}
-        if self.token is not None:
-            merged["Authorization"] = f"Bearer {self.token}"
-        for name, value in (extra or {}).items():
-            for existing in [key for key in merged if key.lower() == name.lower()]:
-                del merged[existing]
-            merged[name] = value
-        return {name: value for name, value in merged.items() if value is not None}
+        return merge_headers({"Tus-Resumable": TUS_VERSION}, self.token, extra)
 
     def request(self, method: str, target: str, headers: Headers | None = None, body: Any = None) -> httpx.Response:
         return self.http.request(method, target, headers=self.headers(headers), content=body)
