@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from modeldrop.server import llama
 from modeldrop.server.llama import LlamaClient, LlamaWatch, ModelState
+from tests.support.loop import run_scenario
 
 # GET /models of llama-server 11434 (router mode) after a failed load of "bad", args and preset shortened
 LISTING = {"object": "list", "data": [
@@ -40,7 +41,7 @@ def feed(chunks: list[bytes]) -> list[str]:
             reader.feed_data(chunk)
         reader.feed_eof()
         return [line async for line in llama._lines(reader, chunked=True)]
-    return asyncio.run(read())
+    return run_scenario(read)
 
 
 def test_chunked_event_stream_lines_survive_any_split() -> None:
@@ -125,7 +126,7 @@ def test_without_the_event_stream_the_watcher_polls(old_router: str) -> None:
         await watch.close()
         return seen
 
-    first, second = asyncio.run(asyncio.wait_for(follow(), 10))
+    first, second = run_scenario(lambda: asyncio.wait_for(follow(), 10))
     assert first["llama_server"] == {"configured": True, "reachable": True, "error": None}
     assert first["models"]["tiny"]["state"] == "unloaded"
     assert second["models"]["tiny"]["state"] == "loaded"

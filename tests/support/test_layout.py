@@ -94,3 +94,14 @@ def test_layout_check_finds_what_it_forbids() -> None:
     }
     for module, source in allowed.items():
         assert problems_of(source, module) == [], (module, source)
+
+
+def test_layout_scenarios_run_through_run_scenario_not_asyncio_run() -> None:
+    """asyncio.run in the test process's main thread fails once the browser tests left Playwright's loop there
+    (CI met it twice); tests/support/loop.run_scenario runs a scenario in a thread of its own."""
+    calls = [f"{path.relative_to(TESTS)}:{node.lineno}" for path in TESTS.rglob("*.py")
+             if "node_modules" not in path.parts and path.name != "loop.py"
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "run"
+             and isinstance(node.func.value, ast.Name) and node.func.value.id == "asyncio"]
+    assert calls == []
