@@ -27,9 +27,10 @@ from modeldrop.server.store.filestore import UploadWriter
 ALIGN = 4096  # O_DIRECT's file offsets, lengths and memory addresses: a multiple of the block size
 BUFFER_BYTES = 2 * 1024 * 1024
 BUFFERS = 4  # per request: 8 MiB in memory, whatever the upload's size
-# at once; more splice through the page cache. Few: 16 bodies at once with O_DIRECT took 2.3x the splice
-# path's bytes per second, but their 48 threads starved the event loop of the GIL (HEAD p99 163 ms vs 16 ms)
-MAX_REQUESTS = 2
+# at once; more splice through the page cache. 16 bodies at once with O_DIRECT took 2.3x the splice path's
+# bytes per second, but their threads starved the event loop of the GIL (HEAD p99 163 ms); with 2 the p99
+# was 26.5 ms, over the 25 ms target; with 1, 9-12 ms, level with splicing alone (bench, 2026-12-03)
+MAX_REQUESTS = 1
 
 # Local disk file systems whose O_DIRECT is a direct write to the device that fdatasync then makes durable
 # with the file's size. Elsewhere (FUSE, network and layered file systems, tmpfs) O_DIRECT means what each
