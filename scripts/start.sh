@@ -60,18 +60,35 @@ size_of() {
 }
 
 check_writable() {
-    local dir="$1" probe
-    probe="$dir/.modeldrop-probe-$$"
-    if ! { : > "$probe"; } 2>/dev/null; then
-        die "$dir is not writable by uid $(id -u) gid $(id -g): fix its owner or permissions" \
-            "(for Docker: chown the host folder to the image's UID/GID, or build with --build-arg UID=... GID=...)," \
-            "or mount it read-write"
+    local dir="$1" python
+    # A file made with O_TMPFILE has no name: a real write test that puts no entry in models/, which
+    # llama-server may list at any moment. Where there is no python or no O_TMPFILE, access(2) decides.
+    python="$(find_python)"
+    if [ -n "$python" ]; then
+        "$python" - "$dir" <<'EOF' && return 0
+import errno, os, sys
+try:
+    os.close(os.open(sys.argv[1], os.O_TMPFILE | os.O_WRONLY, 0o600))
+except OSError as exc:
+    if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR) or not os.access(sys.argv[1], os.W_OK):
+        sys.exit(1)
+EOF
+    elif [ -w "$dir" ]; then
+        return 0
     fi
-    rm -f -- "$probe"
+    die "$dir is not writable by uid $(id -u) gid $(id -g): fix its owner or permissions" \
+        "(for Docker: chown the host folder to the image's UID/GID, or build with --build-arg UID=... GID=...)," \
+        "or mount it read-write"
+}
+
+find_python() {
+    local python
+    python="$(command -v python3 || command -v python || echo "$ROOT/.venv/bin/python")"
+    if [ -x "$python" ]; then echo "$python"; fi
 }
 
 check_same_filesystem() {
-    local models="$1" staging="$2" dev_models dev_staging python probe
+    local models="$1" staging="$2" dev_models dev_staging python
     dev_models="$(stat -c %d -- "$models")"
     dev_staging="$(stat -c %d -- "$staging")"
     if [ "$dev_models" != "$dev_staging" ]; then
@@ -80,19 +97,18 @@ check_same_filesystem() {
             "Put both on one volume, e.g. MODELDROP_DATA_DIR=/data with models and staging inside it"
     fi
     # Two mounts of one filesystem (say, two Docker bind mounts) share a device number but still refuse
-    # rename(2) with EXDEV, so also try the real operation once.
-    python="$(command -v python3 || command -v python || echo "$ROOT/.venv/bin/python")"
-    [ -x "$python" ] || { say "no python found: skipped the rename check"; return 0; }
-    probe=".modeldrop-rename-probe-$$"
-    : > "$staging/$probe"
-    if ! "$python" - "$staging/$probe" "$models/$probe" <<'EOF'
-import os, sys
+    # rename(2) with EXDEV, so ask rename(2) itself. Renaming onto models/. is always refused, but the kernel
+    # refuses a crossing of mounts (EXDEV) before it looks at either name: nothing is created anywhere.
+    python="$(find_python)"
+    [ -n "$python" ] || { say "no python found: skipped the rename check"; return 0; }
+    if ! "$python" - "$staging/.modeldrop-rename-probe" "$models/." <<'EOF'
+import errno, os, sys
 try:
     os.rename(sys.argv[1], sys.argv[2])
 except OSError as exc:
-    os.unlink(sys.argv[1])
-    sys.exit(f"start: error: renaming {sys.argv[1]} to {sys.argv[2]} failed: {exc.strerror}")
-os.unlink(sys.argv[2])
+    if exc.errno == errno.EXDEV:
+        sys.exit(f"start: error: renaming from {os.path.dirname(sys.argv[1])} to {os.path.dirname(sys.argv[2])} "
+                 f"failed: {exc.strerror}")
 EOF
     then
         die "staging ($staging) and models ($models) are on one filesystem but different mounts:" \

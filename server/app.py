@@ -31,6 +31,7 @@ from modeldrop.server.api.llama import LlamaApi
 from modeldrop.server.api.uploads import upload_status
 from modeldrop.server.components import Components, build
 from modeldrop.server.dedupe import MATCH_HEADER, Dedupe
+from modeldrop.server.directories import probe_writable
 from modeldrop.server.finalizer import Finalizer, make_finalizer, requeue_stuck
 from modeldrop.server.locks.locker import AsyncLocker
 from modeldrop.server.metrics import Metrics, method_label
@@ -345,10 +346,8 @@ def readiness_problems(parts: AppParts) -> list[str]:
     problems = []
     # by role, not path: /readyz is open, and where the data lives is the operator's business
     for role, directory in (("staging", parts.settings.staging_dir), ("models", parts.settings.models_dir)):
-        probe = Path(directory) / f".ready-probe-{os.getpid()}"
         try:
-            probe.write_bytes(b"")
-            probe.unlink()
+            probe_writable(directory)
         except OSError as exc:
             problems.append(f"the {role} directory is not writable: {exc.strerror} (see --{role}-dir)")
     stat = os.statvfs(parts.settings.staging_dir)

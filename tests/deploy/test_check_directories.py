@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from modeldrop.server.directories import check_directories
+from modeldrop.server.settings import Settings
+from tests.deploy.support import run_start
+from tests.support.disk import CreatedEntries
 from tests.support.processes import REPO, free_port
 
 
@@ -34,3 +38,15 @@ def test_separate_mounts_of_one_filesystem_are_refused(tmp_path: Path, mount, co
     assert "different mounts" in result.stderr
     assert list((data / "staging").iterdir()) == [] and list((data / "models").iterdir()) == [], \
         "the rename probe must clean up after itself"
+
+
+def test_the_start_checks_put_nothing_in_models_even_for_a_moment(tmp_path: Path) -> None:
+    """llama-server may list models/ at any time, and the server checks its directories at every restart:
+    a probe file created there, however briefly, is an entry that is not a complete, verified model."""
+    data = tmp_path / "data"
+    (data / "models").mkdir(parents=True)
+    with CreatedEntries(data / "models") as created:
+        check_directories(Settings(data_dir=data))
+        started = run_start(tmp_path, env={"MODELDROP_DATA_DIR": str(data)})
+    assert started.returncode == 0, started.output
+    assert created.names == []

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.disk import CreatedEntries
 from tests.support.metrics import metric
 from tests.support.processes import ServerProcess, free_port, wait_for
 from tests.support.tus import TusClient, gguf_bytes, upload_id
@@ -24,6 +25,14 @@ def test_readyz_is_ready_with_writable_directories(server: ServerProcess) -> Non
     response = httpx.get(f"{server.url}/readyz")
     assert response.status_code == 200, response.text
     assert response.json()["problems"] == []
+
+
+def test_readyz_puts_nothing_in_models(server: ServerProcess) -> None:
+    """Compose asks /readyz every few seconds, and llama-server may list models/ at any of those moments."""
+    with CreatedEntries(server.models_dir) as created:
+        for _ in range(3):
+            assert httpx.get(f"{server.url}/readyz").status_code == 200
+    assert created.names == []
 
 
 def test_readyz_names_an_unreachable_redis(start_server: Callable[..., ServerProcess]) -> None:

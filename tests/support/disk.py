@@ -1,9 +1,12 @@
-"""A small disk to fill up: a tmpfs of a few MiB mounted for a test (root only; skipped otherwise)."""
+"""Disks for tests: a small tmpfs to fill up (root only; skipped otherwise), and what appears in a directory."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,3 +45,45 @@ def fill(path: Path, leave: int) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+class CreatedEntries:
+    """The names created in or moved into a directory while the block runs, seen by inotify: an entry that
+    lives for a microsecond is reported as surely as one that stays (polling would miss it).
+
+        with CreatedEntries(models) as created:
+            ...
+        assert created.names == []
+    """
+
+    _IN_CREATE, _IN_MOVED_TO = 0x100, 0x80
+    _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of name
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.names: list[str] = []
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self._fd = -1
+
+    def __enter__(self) -> CreatedEntries:
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self._fd < 0 or self._libc.inotify_add_watch(
+                self._fd, os.fsencode(self.directory), self._IN_CREATE | self._IN_MOVED_TO) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify on {self.directory}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while True:
+                try:
+                    events = os.read(self._fd, 64 * 1024)
+                except BlockingIOError:
+                    break
+                offset = 0
+                while offset < len(events):
+                    _, _, _, length = self._EVENT.unpack_from(events, offset)
+                    start = offset + self._EVENT.size
+                    self.names.append(events[start:start + length].rstrip(b"\0").decode())
+                    offset = start + length
+        finally:
+            os.close(self._fd)
