@@ -48,8 +48,9 @@ def fill(path: Path, leave: int) -> Path:
 
 
 class CreatedEntries:
-    """The names created in or moved into a directory while the block runs, seen by inotify: an entry that
-    lives for a microsecond is reported as surely as one that stays (polling would miss it).
+    """The names created in (and, with `moves`, renamed into) a directory while the block runs, seen by
+    inotify: an entry that lives for a microsecond is reported as surely as one that stays (polling would
+    miss it). `read()` collects what has happened so far; leaving the block reads the rest.
 
         with CreatedEntries(models) as created:
             ...
@@ -59,8 +60,9 @@ class CreatedEntries:
     _IN_CREATE, _IN_MOVED_TO = 0x100, 0x80
     _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of name
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, moves: bool = True) -> None:
         self.directory = directory
+        self.mask = self._IN_CREATE | (self._IN_MOVED_TO if moves else 0)
         self.names: list[str] = []
         self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         self._fd = -1
@@ -68,22 +70,28 @@ class CreatedEntries:
     def __enter__(self) -> CreatedEntries:
         self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if self._fd < 0 or self._libc.inotify_add_watch(
-                self._fd, os.fsencode(self.directory), self._IN_CREATE | self._IN_MOVED_TO) < 0:
+                self._fd, os.fsencode(self.directory), self.mask) < 0:
             raise OSError(ctypes.get_errno(), f"inotify on {self.directory}")
         return self
 
+    def read(self) -> list[str]:
+        while self._fd >= 0:
+            try:
+                events = os.read(self._fd, 64 * 1024)
+            except BlockingIOError:
+                break
+            offset = 0
+            while offset < len(events):
+                _, mask, _, length = self._EVENT.unpack_from(events, offset)
+                start = offset + self._EVENT.size
+                if mask & self.mask:  # not IN_IGNORED and the like, when the directory goes away
+                    self.names.append(events[start:start + length].rstrip(b"\0").decode())
+                offset = start + length
+        return self.names
+
     def __exit__(self, *exc: object) -> None:
         try:
-            while True:
-                try:
-                    events = os.read(self._fd, 64 * 1024)
-                except BlockingIOError:
-                    break
-                offset = 0
-                while offset < len(events):
-                    _, _, _, length = self._EVENT.unpack_from(events, offset)
-                    start = offset + self._EVENT.size
-                    self.names.append(events[start:start + length].rstrip(b"\0").decode())
-                    offset = start + length
+            self.read()
         finally:
             os.close(self._fd)
+            self._fd = -1

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.ggufgen import write_model
+from tests.support.disk import CreatedEntries
 from tests.support.processes import ServerProcess, wait_for
 from tests.support.tus import TusClient
 
@@ -76,11 +77,15 @@ class ModelsWatcher:
     scans: int = 0
 
     def __post_init__(self) -> None:
+        # publishing renames into models/: a name created there in place is a file being written where
+        # llama-server can see it, however briefly (a poll every 5 ms could miss it)
+        self.created_in_place = CreatedEntries(self.models_dir, moves=False)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="models-watcher", daemon=True)
 
     def __enter__(self) -> ModelsWatcher:
         self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.created_in_place.__enter__()
         self._thread.start()
         wait_for(lambda: self.scans > 0, 5, "the watcher's first scan")
         return self
@@ -88,6 +93,7 @@ class ModelsWatcher:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+        self.created_in_place.__exit__()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -121,6 +127,8 @@ class ModelsWatcher:
         """Every file ever seen is an expected one, had its final size at first sight, and (by inode) the
         expected sha256. `expected` maps relative path -> (size, sha256)."""
         ignored = set(ignore)
+        made_here = [name for name in self.created_in_place.read() if name not in ignored]
+        assert not made_here, f"created in models/ instead of renamed in: {made_here}"
         for sighting in self.files():
             if sighting.relpath in ignored:
                 continue
