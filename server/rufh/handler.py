@@ -108,11 +108,22 @@ class RufhHandler:
                     done = isinstance(error, errors.NotGGUF | problems.CompletedUpload)
                     extra[rev.complete_header] = rev.complete_value(done)
                 if error.status == 413:
-                    extra["Upload-Limit"] = self.limits()
+                    # a refusal for a limit carries every limit of its upload resource, its lifetime included
+                    extra["Upload-Limit"] = self.limits(await self._info_or_none(request), rev)
                 if error.status >= 500 and not isinstance(error, errors.ServiceUnavailable):
                     log.info("%s %s answered %d: %s", request.method, request.url.path, error.status, error.message)
                 return problems.response(error, request.method, extra)
         return answer
+
+    async def _info_or_none(self, request: Request) -> UploadInfo | None:
+        """The upload a request to an upload resource names, for its limits; None for a creation or one not found."""
+        upload_id = request.path_params.get("upload_id")
+        if upload_id is None:
+            return None
+        try:
+            return await self.tus._load(upload_id)
+        except (errors.HTTPError, StoreError):
+            return None
 
     # -- OPTIONS --------------------------------------------------------------------------------
 
@@ -249,18 +260,24 @@ class RufhHandler:
 
     def _to_completed(self, rev: rufh.Revision, info: UploadInfo, offset: int, content_length: int | None) -> Response:
         """An append to a complete upload: a retry of the last one (nothing more to send, the right offset) gets
-        the completion's answer again; anything more is refused (the draft's completed-upload problem)."""
+        the completion's answer again; anything more is refused: from -12 as lengths that disagree (the upload's
+        and this request's end), said with Upload-Complete false; before, as the completed-upload problem."""
         if offset != info.offset:
             raise self._mismatch(rev, info, offset)
         if content_length:
-            raise problems.CompletedUpload(f"this upload is complete at {info.offset} bytes and takes no more",
-                                           headers={"Upload-Offset": str(info.offset)})
+            message = f"this upload is complete at {info.offset} bytes and takes no more"
+            if rev.complete_names_origin:
+                raise problems.InconsistentLength(message, headers={"Upload-Offset": str(info.offset),
+                                                                    rev.complete_header: rev.complete_value(False)})
+            raise problems.CompletedUpload(message, headers={"Upload-Offset": str(info.offset)})
         return self._appended(rev, info, 200, {})
 
     def _mismatch(self, rev: rufh.Revision, info: UploadInfo, offset: int) -> problems.MismatchingOffset:
+        # from -12 a 409 says Upload-Complete false whatever the upload's state: the protocol answers, not the target
+        complete = info.is_complete and not rev.complete_names_origin
         return problems.MismatchingOffset(
             f"Upload-Offset is {offset} but the upload has {info.offset} bytes; resume from there",
-            headers={"Upload-Offset": str(info.offset), rev.complete_header: rev.complete_value(info.is_complete)},
+            headers={"Upload-Offset": str(info.offset), rev.complete_header: rev.complete_value(complete)},
             members={"expected-offset": info.offset, "provided-offset": offset})
 
     async def _append(self, request: Request, rev: rufh.Revision, upload_id: str, offset: int, complete: bool,

@@ -42,6 +42,11 @@ class Revision:
     age_key: str = "max-age"     # the Upload-Limit key of an upload's remaining lifetime (-04/-05: expires)
     append_status: int = 204     # an append that leaves the upload incomplete (-01: 201)
     interim: bool = True         # 104 may be sent: the client named an interop version this server speaks
+    # -12 on: Upload-Complete in a response says whether the targeted resource produced it, so the protocol's own
+    # refusals (a mismatching offset, bytes for a complete upload) say false, and the completed-upload problem type
+    # is gone (more bytes than the length an upload completed at are an inconsistent length). Earlier revisions keep
+    # the answers their clients were written against.
+    complete_names_origin: bool = False
 
     @property
     def complete_header(self) -> str:
@@ -54,13 +59,13 @@ class Revision:
 
 # Served: what real clients send. tus-js-client `protocol: 'ietf-draft-03'` sends 5, 'ietf-draft-05' sends 6;
 # Apple's URLSession sends 3 (iOS 17), 5 (iOS 18.0), 6 (iOS 18.1 on) and 8 (seen from iOS 26.2); 9 is the
-# draft's current interop version (bumped for -12, httpwg/http-extensions#3476, and still 9 in -15).
+# draft's current interop version (bumped for -12, httpwg/http-extensions#3476; no later bump was found up to -15).
 REVISIONS: dict[int, Revision] = {
     3: Revision(3, "-01", inverted=True, partial_upload_type=False, age_key="expires", append_status=201),
     5: Revision(5, "-03", partial_upload_type=False, age_key="expires"),
     6: Revision(6, "-04, -05", age_key="expires"),
     8: Revision(8, "-09 to -11"),
-    9: Revision(9, "-12 to -15"),
+    9: Revision(9, "-12 to -15", complete_names_origin=True),
 }
 CURRENT = REVISIONS[9]
 # a request without an interop version, or with one this server does not speak: the current revision's rules,

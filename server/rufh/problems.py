@@ -1,9 +1,9 @@
 """RFC 9457 problem details: how the RUFH front end answers an error.
 
-The draft's problem types are errors of their own (MismatchingOffset, CompletedUpload, InconsistentLength),
-raised like any other errors.HTTPError; every other refusal (401, 404, 413, 423, 507...) is answered as
-`about:blank` with the HTTP status's title. Each body also carries modeldrop's stable `error` code, as the
-rest of the API does, and `detail` says what happened and what to do.
+The draft's problem types are errors of their own (MismatchingOffset, InconsistentLength; CompletedUpload, which
+-12 removed, for the older interop versions only), raised like any other errors.HTTPError; every other refusal
+(401, 404, 413, 423, 507...) is answered as `about:blank` with the HTTP status's title. Each body also carries
+modeldrop's stable `error` code, as the rest of the API does, and `detail` says what happened and what to do.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Resumable Uploads for HTTP against a real server, on the wire: one test per requirement of the draft's
-current text (-12 to -15, interop version 9) that a server must or should meet, named after it.
+current text (-12 to -15, interop version 9) that a server must or should meet, named after it. -15's rules were
+read from the editors' source of July 2026 and the changes merged after it (see the README's RUFH section).
 
 Requests go through httpx, or by hand (RawExchange) where the answer's interim 104s are the point.
 """
@@ -184,8 +185,8 @@ def test_offset_retrieval_reports_offset_completeness_length_limits_and_no_store
     response = client.head(location)
     assert response.status_code in (200, 204)
     assert response.headers["Upload-Offset"] == "1000"        # MUST
-    assert response.headers["Upload-Complete"] == "?0"        # MUST
-    assert response.headers["Upload-Length"] == str(len(MODEL))  # MUST, as the client supplied one
+    assert response.headers["Upload-Complete"] == "?0"        # MUST in -12, no longer required later: sent anyway
+    assert response.headers["Upload-Length"] == str(len(MODEL))  # likewise, as the client supplied one
     assert 0 < limits(response)["max-age"] <= 7 * 24 * 3600   # MUST indicate the limits
     assert response.headers["Cache-Control"] == "no-store"    # SHOULD
 
@@ -294,11 +295,39 @@ def test_append_completing_with_bytes_missing_is_inconsistent(client: RufhClient
     assert client.offset(location) == 0
 
 
-def test_append_to_a_completed_upload_is_refused(client: RufhClient, server: ServerProcess) -> None:
+def test_append_to_a_completed_upload_is_an_inconsistent_length(client: RufhClient, server: ServerProcess) -> None:
+    """From -12 the draft has no completed-upload problem type: more bytes than the length the upload completed at
+    are lengths that disagree, and the refusal is the protocol's answer, not the target resource's."""
     location = client.location(MODEL, complete=True)
     TusClient(server.url).wait_installed(location)
     response = client.append(location, b"more", len(MODEL))
+    document = problem(response, 400, "inconsistent-upload-length")
+    assert document["error"] == "inconsistent_upload_length"
+    assert response.headers["Upload-Complete"] == "?0"  # false: an invalid operation on a completed upload
+    assert response.headers["Upload-Offset"] == str(len(MODEL))
+
+
+def test_a_mismatching_offset_is_409_with_complete_false_even_once_complete(client: RufhClient,
+                                                                            server: ServerProcess) -> None:
+    location = client.location(MODEL, complete=True)
+    TusClient(server.url).wait_installed(location)
+    response = client.append(location, b"", 10, complete=True)
+    problem(response, 409, "mismatching-upload-offset")
+    assert response.headers["Upload-Complete"] == "?0"  # MUST: the protocol's answer, not the target resource's
+    assert response.headers["Upload-Offset"] == str(len(MODEL))
+    assert client.head(location).headers["Upload-Complete"] == "?1"  # the upload itself is complete
+
+
+@pytest.mark.parametrize("interop", [6, 8])
+def test_older_revisions_keep_their_completed_upload_answer(server: ServerProcess, interop: int) -> None:
+    """Interop 6 (-04/-05) defined completed-upload; 8 was served the same way and is left as real clients know it."""
+    old = RufhClient(server.url, interop=interop)
+    location = old.location(MODEL, complete=True)
+    TusClient(server.url).wait_installed(location)
+    response = old.append(location, b"more", len(MODEL))
     problem(response, 400, "completed-upload")
+    assert response.headers["Upload-Complete"] == "?1"
+    assert old.append(location, b"", 10, complete=True).headers["Upload-Complete"] == "?1"
 
 
 def test_a_lost_completion_is_answered_again(client: RufhClient, server: ServerProcess) -> None:

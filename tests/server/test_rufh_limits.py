@@ -55,6 +55,18 @@ def test_rufh_requests_over_the_limit_are_413_with_upload_limit(client: RufhClie
     assert client.append(location, b"GGUF" + big[:LIMIT - 4], 0).status_code == 204  # exactly the limit
 
 
+def test_a_413_to_an_append_carries_the_upload_resources_own_limits(client: RufhClient) -> None:
+    """A request refused for a limit gets all the limits of its upload resource (the draft's SHOULD since -12):
+    its remaining lifetime too, as a HEAD would give it."""
+    location = client.location(length=2 * LIMIT + 1)
+    response = client.append(location, os.urandom(LIMIT + 1), 0)
+    assert response.status_code == 413, response.text
+    refused = dict(member.split("=") for member in response.headers["Upload-Limit"].split(", "))
+    head = dict(member.split("=") for member in client.head(location).headers["Upload-Limit"].split(", "))
+    assert refused.keys() == head.keys() == {"max-size", "max-append-size", "max-age"}
+    assert abs(int(refused["max-age"]) - int(head["max-age"])) <= 2
+
+
 def test_tus_patches_over_the_limit_are_413_before_a_byte_is_stored(tus: TusClient, server: ServerProcess) -> None:
     data = b"GGUF" + os.urandom(LIMIT)
     location = tus.location(len(data) + 10)
