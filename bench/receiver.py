@@ -2,8 +2,8 @@
 
     python -m bench.receiver PORT OUTPUT LENGTH [--sha256]      prints "ready" once listening
 
-With OUTPUT - the bytes are only received, nothing else: loopback TCP's own limit; the count received is
-printed at the end. With --sha256 a second thread hashes each buffer while the next one is received and
+With OUTPUT - the bytes are only received (and with --sha256 hashed), nothing stored: loopback TCP's own
+limit, or with the hash the CPU's; the count received is printed at the end. With --sha256 a second thread hashes each buffer while the next one is received and
 written, as a server that verifies what it stores must, and the digest is printed at the end: the most any
 such server could do on this machine, with no HTTP, no framework and no copies besides the kernel's.
 """

@@ -59,7 +59,7 @@ class Revision:
 
 # Served: what real clients send. tus-js-client `protocol: 'ietf-draft-03'` sends 5, 'ietf-draft-05' sends 6;
 # Apple's URLSession sends 3 (iOS 17), 5 (iOS 18.0), 6 (iOS 18.1 on) and 8 (seen from iOS 26.2); 9 is the
-# draft's current interop version (bumped for -12, httpwg/http-extensions#3476; no later bump was found up to -15).
+# draft's current interop version (bumped for -12; no later bump was found up to -15).
 REVISIONS: dict[int, Revision] = {
     3: Revision(3, "-01", inverted=True, partial_upload_type=False, age_key="expires", append_status=201),
     5: Revision(5, "-03", partial_upload_type=False, age_key="expires"),
