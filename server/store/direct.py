@@ -42,6 +42,27 @@ DIRECT_FILE_SYSTEMS = {
 }
 
 _slots = threading.BoundedSemaphore(MAX_REQUESTS)
+# Buffers kept from one request to the next: fresh anonymous memory is faulted in page by page on first
+# touch, which these VMs make slow, and a client sending 64 MiB PATCHes would pay it on every request.
+# At most MAX_REQUESTS * BUFFERS of them, 8 MiB, for the life of the process.
+_spare_buffers: list[mmap.mmap] = []
+_spare_lock = threading.Lock()
+
+
+def _take_buffers() -> list[mmap.mmap]:
+    with _spare_lock:
+        taken = _spare_buffers[-BUFFERS:]
+        del _spare_buffers[-BUFFERS:]
+    return taken + [mmap.mmap(-1, BUFFER_BYTES) for _ in range(BUFFERS - len(taken))]
+
+
+def _give_back_buffers(buffers: list[mmap.mmap]) -> None:
+    with _spare_lock:
+        kept = buffers[:max(0, MAX_REQUESTS * BUFFERS - len(_spare_buffers))]
+        _spare_buffers.extend(kept)
+    for buffer in buffers[len(kept):]:
+        with contextlib.suppress(BufferError):  # a view still held elsewhere: the GC frees it later
+            buffer.close()
 
 
 class DirectAppender:
@@ -52,7 +73,7 @@ class DirectAppender:
         self.fd = fd  # the same file opened again with O_DIRECT
         self.position = writer.offset  # where the next committed byte goes
         self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
-        self._buffers = [mmap.mmap(-1, BUFFER_BYTES) for _ in range(BUFFERS)]
+        self._buffers = _take_buffers()
         for buffer in self._buffers:
             self._free.put(buffer)
         self._to_write: queue.SimpleQueue[tuple[mmap.mmap, int, int] | None] = queue.SimpleQueue()
@@ -116,9 +137,7 @@ class DirectAppender:
         self._to_hash.put(None)
         for thread in self._threads:
             thread.join()
-        for buffer in self._buffers:
-            with contextlib.suppress(BufferError):  # a view still held elsewhere: the GC frees it later
-                buffer.close()
+        _give_back_buffers(self._buffers)
         os.close(self.fd)
         _slots.release()
 

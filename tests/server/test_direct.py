@@ -98,6 +98,27 @@ def test_beyond_max_requests_bodies_fall_back_so_memory_stays_bounded(store: Fil
         writer.close()
 
 
+def test_the_next_body_reuses_the_buffers_and_no_more_are_kept(store: FileStore) -> None:
+    """Fresh buffers are faulted in page by page; a client sending 64 MiB PATCHes would pay that per request."""
+    data = random.Random(7).randbytes(5 * MIB)
+    seen: list[set[int]] = []
+    for _ in range(3):
+        writer = new_writer(store, len(data))
+        appender = direct.open_direct(writer)
+        assert appender is not None
+        seen.append({id(buffer) for buffer in appender._buffers})
+        try:
+            append_in_pieces(appender, data, iter(lambda: 3 * MIB, None))
+            assert appender.drain() == len(data)
+        finally:
+            appender.close()
+        writer.sync()
+        writer.close()
+        assert store.paths(writer.info.id).data.read_bytes() == data
+        assert len(direct._spare_buffers) == direct.MAX_REQUESTS * direct.BUFFERS
+    assert seen[0] == seen[1] == seen[2]
+
+
 def test_a_full_disk_leaves_the_offset_at_the_bytes_in_the_file(tmp_path: Path, mount) -> None:  # type: ignore[no-untyped-def]
     """On a real 16 MiB ext4 file system: writes fail with ENOSPC part-way; what reached the file is counted."""
     if shutil.which("mkfs.ext4") is None:
