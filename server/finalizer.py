@@ -17,6 +17,7 @@ from modeldrop.server.components import Components
 from modeldrop.server.locks import LockSpace
 from modeldrop.server.store.filestore import FileStore
 from modeldrop.server.store.lifecycle import State
+from modeldrop.server.tus.interfaces import FinalizeQueue
 from modeldrop.worker import finalize
 from modeldrop.worker.finalize import QUEUE_NAME, finalize_lock_name
 
@@ -32,7 +33,11 @@ def job_timeout(length: int | None) -> int:
     return 600 + int((length or 0) / 100e6)
 
 
-class Finalizer(Protocol):
+class Finalizer(FinalizeQueue, Protocol):
+    """All the app asks of a finalizer; the tus handler sees only the FinalizeQueue part of it.
+
+    `abandoned`: the requeue found the upload's job dead, so a queued copy of it may be replaced."""
+
     def submit(self, upload_id: str, abandoned: bool = False) -> None: ...
     def is_pending(self, upload_id: str) -> bool: ...
     def will_run(self, upload_id: str, grace: float) -> bool: ...
