@@ -16,6 +16,7 @@ see problems.py) and the 104 interim responses, written where the server offers 
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
 import logging
@@ -31,6 +32,7 @@ from modeldrop.server.admission import read_set
 from modeldrop.server.dedupe import MATCH_HEADER, Kind, Match
 from modeldrop.server.socket_body import INTERIM, InterimResponses
 from modeldrop.server.store.dedupe import Claim, token_fingerprint
+from modeldrop.server.store.digest import ResumableSha256
 from modeldrop.server.store.errors import StoreError
 from modeldrop.server.store.info import UploadInfo
 from modeldrop.server.tus import headers as tus
@@ -190,7 +192,7 @@ class RufhHandler:
             except errors.HTTPError as error:
                 error.headers.setdefault("Location", location)  # the client resumes there
                 raise
-        return self._appended(rev, info, 201, {"Location": location})
+        return self._appended(rev, info, 201, {"Location": location}, h)
 
     async def _matched(self, request: Request, rev: rufh.Revision, match: Match, complete: bool,
                        checksum: tus.Checksum | None, content_length: int | None) -> Response:
@@ -256,7 +258,7 @@ class RufhHandler:
         if info.is_complete:
             return self._to_completed(rev, info, offset, content_length)
         info = await self._append(request, rev, upload_id, offset, complete, checksum, content_length)
-        return self._appended(rev, info, 200 if info.is_complete else rev.append_status, {})
+        return self._appended(rev, info, 200 if info.is_complete else rev.append_status, {}, h)
 
     def _to_completed(self, rev: rufh.Revision, info: UploadInfo, offset: int, content_length: int | None) -> Response:
         """An append to a complete upload: a retry of the last one (nothing more to send, the right offset) gets
@@ -270,7 +272,7 @@ class RufhHandler:
                 raise problems.InconsistentLength(message, headers={"Upload-Offset": str(info.offset),
                                                                     rev.complete_header: rev.complete_value(False)})
             raise problems.CompletedUpload(message, headers={"Upload-Offset": str(info.offset)})
-        return self._appended(rev, info, 200, {})
+        return self._appended(rev, info, 200, {}, {})
 
     def _mismatch(self, rev: rufh.Revision, info: UploadInfo, offset: int) -> problems.MismatchingOffset:
         # from -12 a 409 says Upload-Complete false whatever the upload's state: the protocol answers, not the target
@@ -337,14 +339,29 @@ class RufhHandler:
 
         return asyncio.get_running_loop().create_task(report())
 
-    def _appended(self, rev: rufh.Revision, info: UploadInfo, status: int, extra: Mapping[str, str]) -> Response:
-        """The answer to a creation or append: where the upload is and, once complete, where its status is."""
+    def _appended(self, rev: rufh.Revision, info: UploadInfo, status: int, extra: Mapping[str, str],
+                  request_headers: Mapping[str, str]) -> Response:
+        """The answer to a creation or append: where the upload is and, once complete, where its status is.
+
+        Once complete, the file's sha-256 is known from the hash kept while its bytes arrived (when this process
+        kept it to the end): a Repr-Digest given at creation that names another is answered as the failure it is
+        at once, and Want-Repr-Digest gets the digest. The finalizer checks the file again either way."""
         headers = {**self._headers(rev, info), **extra, "Upload-Offset": str(info.offset),
                    rev.complete_header: rev.complete_value(info.is_complete)}
         if info.length is not None:
             headers["Upload-Length"] = str(info.length)
         if not info.is_complete:
             return Response(status_code=status, headers=headers)
+        state = self.tus.store.running_hash(info.id, info.offset)
+        if state is not None:
+            file_sha256 = ResumableSha256(state).hexdigest()
+            if info.sha256_expected and info.sha256_expected != file_sha256:
+                raise problems.ReprDigestMismatch(
+                    f"the uploaded file's sha-256 is {file_sha256} but Repr-Digest named {info.sha256_expected}: "
+                    f"the upload failed and will not be installed (status: /api/uploads/{info.id})", headers=headers)
+            if rufh.wants_sha256(request_headers.get("want-repr-digest")):
+                digest = base64.b64encode(bytes.fromhex(file_sha256)).decode()
+                headers["Repr-Digest"] = f"{rufh.REPR_DIGEST}=:{digest}:"
         body = {"id": info.id, "filename": info.filename, "state": "queued", "status": f"/api/uploads/{info.id}"}
         return Response(json.dumps(body), status_code=status, headers=headers, media_type="application/json")
 

@@ -189,6 +189,16 @@ def representation_sha256(value: str | None) -> str | None:
     return digest.hex()
 
 
+def wants_sha256(value: str | None) -> bool:
+    """Want-Repr-Digest (RFC 9530) asks for sha-256: listed with a preference from 1 to 10 (0: not acceptable).
+    A field that does not parse is ignored, as a preference may be."""
+    for member in (value or "").split(","):
+        key, equals, weight = member.strip().partition("=")
+        if key.strip() == REPR_DIGEST and equals:
+            return _item(weight).isdigit() and 0 < int(_item(weight)) <= 10
+    return False
+
+
 def disposition_filename(value: str | None) -> str | None:
     """The file name of Content-Disposition (RFC 6266): `filename*` (RFC 8187, UTF-8 or ISO-8859-1) over
     `filename`; None without either. Not validated here: the caller applies the model-name rules."""

@@ -61,6 +61,13 @@ class InconsistentLength(Problem):
     default_message = "the request's length values do not agree with each other or with the upload's"
 
 
+class ReprDigestMismatch(Problem):
+    status = 400
+    code = "repr_digest_mismatch"
+    title = "Bad Request"
+    default_message = "the uploaded file's sha-256 is not the one Repr-Digest named: the upload failed"
+
+
 def body(error: errors.HTTPError) -> dict[str, Any]:
     """The problem details document of an error."""
     status = STATUS_FOR_RUFH.get(error.status, error.status)

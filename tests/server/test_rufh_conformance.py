@@ -412,9 +412,40 @@ def test_repr_digest_is_checked_before_installing(client: RufhClient, server: Se
     tus = TusClient(server.url)
     good = client.location(MODEL, complete=True, headers={"Repr-Digest": sha256_field(MODEL)})
     assert tus.wait_installed(good)["sha256_expected"] == hashlib.sha256(MODEL).hexdigest()
-    bad = client.location(MODEL, complete=True, headers={"Repr-Digest": sha256_field(b"another file")})
-    status = tus.wait_state(bad, "installed", "failed")
+
+
+def test_repr_digest_that_does_not_match_is_signalled_by_the_completing_answer(client: RufhClient,
+                                                                               server: ServerProcess) -> None:
+    """SHOULD consider the upload failed, not process it further, and signal the failure to the client: at once,
+    from the hash kept while the bytes arrived, not only later in the upload's status."""
+    tus = TusClient(server.url)
+    expected = hashlib.sha256(b"another file").hexdigest()
+    whole = client.create(MODEL, complete=True, headers={"Repr-Digest": sha256_field(b"another file")})
+    document = problem(whole, 400)
+    assert document["error"] == "repr_digest_mismatch"
+    assert hashlib.sha256(MODEL).hexdigest() in str(document["detail"]) and expected in str(document["detail"])
+    status = tus.wait_state(whole.headers["Location"], "installed", "failed")
     assert status["state"] == "failed" and "sha256" in status["reason"]  # SHOULD consider the upload failed
+    in_two = client.location(MODEL[:100], length=len(MODEL), headers={"Repr-Digest": sha256_field(b"another file")})
+    last = client.append(in_two, MODEL[100:], 100, complete=True)
+    assert problem(last, 400)["error"] == "repr_digest_mismatch"
+    assert tus.wait_state(in_two, "installed", "failed")["state"] == "failed"
+
+
+def test_want_repr_digest_gets_the_files_sha256_when_the_upload_completes(client: RufhClient,
+                                                                          server: ServerProcess) -> None:
+    """The server SHOULD compute the digest in a preferred algorithm it has and return it once complete."""
+    created = client.create(MODEL[:100], length=len(MODEL), headers={"Want-Repr-Digest": "sha-512=3, sha-256=7"})
+    assert created.status_code == 201 and "Repr-Digest" not in created.headers  # not complete yet
+    completed = client.append(created.headers["Location"], MODEL[100:], 100, complete=True,
+                              headers={"Want-Repr-Digest": "sha-256=1"})
+    assert completed.status_code == 200
+    assert completed.headers["Repr-Digest"] == sha256_field(MODEL)
+    whole = client.create(MODEL, complete=True, headers={"Want-Repr-Digest": "sha-256=10"})
+    assert whole.headers["Repr-Digest"] == sha256_field(MODEL)
+    unwanted = client.create(MODEL, complete=True, headers={"Want-Repr-Digest": "sha-512=10, sha-256=0"})
+    assert unwanted.status_code == 201 and "Repr-Digest" not in unwanted.headers  # 0: not acceptable
+    TusClient(server.url).wait_installed(created.headers["Location"])
 
 
 # -- cancellation -----------------------------------------------------------------------------------

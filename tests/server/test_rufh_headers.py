@@ -100,6 +100,14 @@ def test_rufh_repr_digest_is_the_files_sha256() -> None:
         rufh.representation_sha256(f"sha-512=:{b64(bytes(64))}:")  # never pretend to check what is not checked
 
 
+@pytest.mark.parametrize(("value", "wanted"), [
+    ("sha-256=1", True), ("sha-512=3, sha-256=10", True), ("sha-256=5;x=1", True), (None, False), ("", False),
+    ("sha-512=10", False), ("sha-256=0", False), ("sha-256=11", False), ("sha-256", False), ("sha-256=high", False),
+])
+def test_rufh_want_repr_digest_asks_for_sha256_with_a_preference_from_1_to_10(value: str | None, wanted: bool) -> None:
+    assert rufh.wants_sha256(value) is wanted
+
+
 @pytest.mark.parametrize(("value", "name"), [
     ('attachment; filename="model.gguf"', "model.gguf"),
     ("inline; filename=model.gguf", "model.gguf"),
