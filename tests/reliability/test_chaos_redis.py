@@ -239,6 +239,8 @@ def run_chaos(start_server: Callable[..., ServerProcess], redis_server: RedisPro
             problems.append(f"installed only {max(slow):.0f} s after the last byte and the last restart")
         if orphans:
             problems.append(f"processes outlived their killed parent: {orphans}")
+        if record.faults < kills // 2:  # a chaos run whose uploads outran it proves nothing
+            problems.append(f"only {record.faults} of {kills} kills landed before the uploads ended")
         assert not problems, "\n".join(problems) + f"\nworker log:\n{worker.log()[-2000:]}"
     finally:
         relay.close()

@@ -304,8 +304,6 @@ class PowerCutRun:
             status = _read_json(self.staging / f"{uid}.status")
             if status.get("state") == "failed" and status.get("reason"):
                 return
-            if (self.staging / f"{uid}.info").exists() and status.get("state") in ("queued", "verifying"):
-                return  # a split shard or a set member parked elsewhere: not used here
             self.problems.append(f"{when}: upload {uid} ({upload.source.name}) was told offset {promised}, "
                                  f"its data file is gone and it is neither installed nor failed")
             self.record.lost += 1
@@ -380,7 +378,8 @@ class PowerCutRun:
         poller.join(5)
 
     def finish(self) -> None:
-        """Every upload ends installed (the source's bytes) or failed with a reason."""
+        """Every upload ends installed with the source's bytes: every source is a good model, so one that ends
+        failed lost something a cut should not have taken (a failure without a reason would be worse still)."""
         for upload in self.uploads:
             url = upload.url()
             if url is None:
@@ -396,8 +395,10 @@ class PowerCutRun:
             if status["state"] == "installed":
                 self.installed_reported[upload_id(url)] = upload.source.name
                 self.record.completed += 1
-            elif not status.get("reason"):
-                self.problems.append(f"{upload.source.name}: failed without a reason")
+            else:
+                self.problems.append(f"{upload.source.name}: a good model ended failed: "
+                                     f"{status.get('reason') or 'without a reason'}")
+                self.record.lost += 1
             if upload.trace is not None:  # every resume found at least the offset last promised
                 self.problems += upload.trace.check_resumes()
         self.check("at the end")

@@ -143,3 +143,32 @@ def test_finalize_renewer_that_finds_the_lock_gone_stops_the_hash(
     status = finalize.finalize_upload(info.id)  # the retry
     assert status["state"] == "installed", status
     assert os.listdir(context.models_dir) == ["model.gguf"]
+
+
+def test_finalize_renewer_that_cannot_reach_redis_stops_before_the_lock_can_expire(
+        context: Components, tmp_path: Path, redis_server: RedisProcess,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """renew() raising (Redis gone) is not a lost lock at once, a blip may pass; but once the lock's TTL may have
+    run out, another worker may hold it: the job stops then, mid-hash, and publishes nothing."""
+    monkeypatch.setattr(finalize, "RENEW_EVERY", 0.05)
+    info = staged_upload(context, tmp_path)
+    real_sha256_of = finalize.sha256_of
+
+    def long_hash(path: Path, on_progress: Any) -> str:
+        for block in range(400):
+            if block == 1:
+                redis_server.kill()
+            time.sleep(0.05)
+            on_progress(block)
+        return str(real_sha256_of(path, on_progress))
+
+    monkeypatch.setattr(finalize, "sha256_of", long_hash)
+    started = time.monotonic()
+    thread, outcome = run_job(info.id)
+    thread.join(30)
+    took = time.monotonic() - started
+    redis_server.restart()
+    assert os.listdir(context.models_dir) == [], "published by a job that could not keep its lock"
+    assert isinstance(outcome.get("error"), finalize.LockLost), outcome
+    assert finalize.LOCK_TTL_MS / 1000 - 0.5 < took < finalize.LOCK_TTL_MS / 1000 + 2, \
+        f"stopped {took:.1f}s after the start: not at the end of the lock's lifetime"
