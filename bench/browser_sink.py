@@ -1,11 +1,12 @@
-"""The browser's own ceiling: Chromium sends a File in one XHR to an HTTP server that only counts the bytes.
+"""The browser's own ceiling: Chromium sends a File to an HTTP server that only counts the bytes.
 
     python -m bench.browser_sink PORT      prints "ready" once listening; serves until killed
 
-`GET /` is a page with a file input and `window.sendFile()`, which PUTs the chosen file to `/sink` and resolves
-when the answer arrives. `/sink` receives into one 1 MiB buffer and throws the bytes away: no storage, no
-hash, no tus. What the modeldrop page reaches divided by this is the share of Chromium's own upload speed
-the page keeps; the rest is Chromium's.
+`GET /` is a page with a file input and `window.sendFile(requests = 1, api = 'xhr')`, which PUTs the chosen file
+to `/sink`, cut into `requests` slices sent at once (XHR, as tus-js-client sends, or 'fetch'), and resolves to
+the bytes the sink counted once every answer has arrived. `/sink` receives into one 1 MiB buffer and throws the
+bytes away: no storage, no hash, no tus. What the modeldrop page reaches divided by this is the share of
+Chromium's own upload speed the page keeps; the rest is Chromium's.
 """
 
 from __future__ import annotations
@@ -16,13 +17,22 @@ import sys
 PAGE = b"""<!doctype html><meta charset="utf-8"><title>sink</title>
 <input type="file" id="file">
 <script>
-window.sendFile = () => new Promise((resolve, reject) => {
-  const xhr = new XMLHttpRequest()
-  xhr.open('PUT', '/sink')
-  xhr.onload = () => resolve(Number(xhr.responseText))
-  xhr.onerror = () => reject(new Error('the sink request failed'))
-  xhr.send(document.getElementById('file').files[0])
-})
+const put = (blob, api) => api === 'fetch'
+  ? fetch('/sink', { method: 'PUT', body: blob }).then((r) => r.text()).then(Number)
+  : new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest()
+    xhr.open('PUT', '/sink')
+    xhr.onload = () => resolve(Number(xhr.responseText))
+    xhr.onerror = () => reject(new Error('the sink request failed'))
+    xhr.send(blob)
+  })
+window.sendFile = async (requests = 1, api = 'xhr') => {
+  const file = document.getElementById('file').files[0]
+  const step = Math.ceil(file.size / requests)
+  const parts = []
+  for (let start = 0; start < file.size; start += step) parts.push(put(file.slice(start, start + step), api))
+  return (await Promise.all(parts)).reduce((a, b) => a + b, 0)
+}
 </script>
 """
 

@@ -10,6 +10,9 @@
   rsync neither hashes on the receiving side as a check against a digest nor syncs to disk.
 - `Uppy in Chromium → S`: the web page (web/dist) in headless Chromium via Playwright, one request as the
   page sends it; from the click on Upload to the card showing installed (also: to the PATCH's answer).
+- `Chromium, one XHR → a sink` and `…, N concurrent XHRs → a sink`: Chromium alone, the file PUT whole or cut
+  into N slices PUT at once, to bench/browser_sink.py (counts the bytes, stores nothing): whether Chromium's
+  upload speed is a limit per request or per browser. Client CPU-s there: all of Chromium's processes.
 
 Every installed or received file is checked against the source's sha256.
 """
@@ -36,6 +39,8 @@ CLI = "modeldrop upload"
 RSYNC = "rsync --partial over SSH"
 BROWSER = "Uppy in Chromium"
 BROWSER_CEILING = "Chromium, one XHR → a sink"
+BROWSER_CEILING_CONCURRENT = "Chromium, N concurrent XHRs → a sink"
+CEILING_REQUESTS = (2, 4, 8)  # slices of the file, one XHR each, all at once
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -256,8 +261,35 @@ def measure_browser(server: Server, source: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def measure_browser_ceiling(source: dict[str, Any]) -> dict[str, Any]:
-    """Chromium alone: the same file in one XHR PUT to bench/browser_sink.py, which only counts the bytes."""
+def _chromium_cpu() -> float:
+    """CPU-s of the Chromium processes under this one: the browser's blob reading and network service, which
+    RUSAGE_CHILDREN misses (they are Playwright's children, still running)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                parents[int(entry)] = int(file.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    total = 0.0
+    for pid in parents:
+        ancestor = parents.get(pid)
+        while ancestor and ancestor != os.getpid():
+            ancestor = parents.get(ancestor)
+        if ancestor:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as file:
+                    if b"chromium" in file.read():
+                        total += proc.cpu_seconds(pid)
+            except OSError:
+                continue
+    return total
+
+
+def measure_browser_ceilings(source: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Chromium alone: the same file PUT to bench/browser_sink.py, which only counts the bytes, in one XHR
+    (BROWSER_CEILING) and cut into N slices sent as N concurrent XHRs, for each N in CEILING_REQUESTS in one
+    browser; the fastest N is BROWSER_CEILING_CONCURRENT, every N's figure in its `mbps_by_requests`."""
     from playwright.sync_api import sync_playwright
 
     warm(Path(source["path"]))
@@ -265,6 +297,7 @@ def measure_browser_ceiling(source: dict[str, Any]) -> dict[str, Any]:
     sink = subprocess.Popen([str(PYTHON), "-m", "bench.browser_sink", str(port)], cwd=REPO, stdout=subprocess.PIPE,
                             text=True, start_new_session=True)
     playwright = sync_playwright().start()
+    runs: dict[int, dict[str, Any]] = {}
     try:
         assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -272,15 +305,22 @@ def measure_browser_ceiling(source: dict[str, Any]) -> dict[str, Any]:
         page.set_default_timeout(900_000)
         page.goto(f"http://127.0.0.1:{port}/")
         page.locator("#file").set_input_files([source["path"]])
-        time.sleep(0.3)
-        started = time.monotonic()
-        received = page.evaluate("sendFile()")
-        ended = time.monotonic()
+        for requests in (1, *CEILING_REQUESTS):
+            time.sleep(0.3)
+            client_before, sink_before = _chromium_cpu(), proc.cpu_seconds(sink.pid)
+            started = time.monotonic()
+            received = page.evaluate("n => sendFile(n)", requests)
+            ended = time.monotonic()
+            if received != source["length"]:
+                raise RuntimeError(f"the sink received {received} bytes of {source['length']} in {requests} requests")
+            runs[requests] = {"mbps": source["length"] / 1e6 / (ended - started), "seconds": ended - started,
+                              "client_cpu_s": _chromium_cpu() - client_before,
+                              "server_cpu_s": proc.cpu_seconds(sink.pid) - sink_before}
         browser.close()
     finally:
         playwright.stop()
         sink.kill()
         sink.wait(10)
-    if received != source["length"]:
-        raise RuntimeError(f"the sink received {received} bytes of {source['length']}")
-    return {"mbps": source["length"] / 1e6 / (ended - started), "seconds": ended - started}
+    best = max(CEILING_REQUESTS, key=lambda n: runs[n]["mbps"])
+    return {BROWSER_CEILING: runs[1], BROWSER_CEILING_CONCURRENT: {
+        **runs[best], "requests": best, "mbps_by_requests": {str(n): runs[n]["mbps"] for n in CEILING_REQUESTS}}}

@@ -6,7 +6,7 @@ import statistics
 from typing import Any
 
 from bench.limits import MACHINE, TCP_FILE_SHA256, TCP_SHA256
-from bench.paths import BROWSER, BROWSER_CEILING, CLI, RSYNC, SENDFILE_CLIENT
+from bench.paths import BROWSER, BROWSER_CEILING, BROWSER_CEILING_CONCURRENT, CLI, RSYNC, SENDFILE_CLIENT
 from bench.stats import fmt, pair_ratios, summary
 
 PEERS = ("tuspyserver", "tus-node")
@@ -175,6 +175,12 @@ def _targets(meta: dict[str, Any], results: Results) -> list[str]:
             ratio = statistics.median(pair_ratios(page, ceiling))
             rows.append((f"(reference) the page, to installed, ÷ Chromium's own ceiling ({BROWSER_CEILING}) "
                          f"({server})", f"{ratio:.2f}", None))
+    one, concurrent = _col(by_path.get(BROWSER_CEILING, []), "mbps"), by_path.get(BROWSER_CEILING_CONCURRENT, [])
+    if one and concurrent:  # above 1: Chromium's limit is per request, not per browser
+        ratio = statistics.median(pair_ratios(_col(concurrent, "mbps"), one))
+        best = sorted({str(run["requests"]) for run in concurrent})
+        rows.append((f"(reference) {BROWSER_CEILING_CONCURRENT} (best N: {', '.join(best)}) ÷ {BROWSER_CEILING}",
+                     f"{ratio:.2f}", None))
     for workload in ("one", "chunked"):
         by_server = results.get(workload, {})
         name = WORKLOAD_NAMES[workload]

@@ -277,7 +277,8 @@ def run_paths(rep: int, durable: list[Server], workloads: list[str], skipped: di
         for server in durable:
             page_server = dataclasses.replace(server, extra_args=(*server.extra_args, "--web-dir", str(paths.WEB_DIST)))
             record("paths", f"{paths.BROWSER} → {server.name}", paths.measure_browser(page_server, source))
-        record("paths", paths.BROWSER_CEILING, paths.measure_browser_ceiling(source))
+        for name, result in paths.measure_browser_ceilings(source).items():
+            record("paths", name, result)
 
 
 def write_results(args: argparse.Namespace, results: dict[str, Any], started: float, load_before: str,
