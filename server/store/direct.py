@@ -22,15 +22,18 @@ import queue
 import threading
 
 from modeldrop.server import libc
+from modeldrop.server.threads import yield_to_the_loop
 from modeldrop.server.store.filestore import UploadWriter
 
 ALIGN = 4096  # O_DIRECT's file offsets, lengths and memory addresses: a multiple of the block size
 BUFFER_BYTES = 2 * 1024 * 1024
 BUFFERS = 4  # per request: 8 MiB in memory, whatever the upload's size
 # at once; more splice through the page cache. 16 bodies at once with O_DIRECT took 2.3x the splice path's
-# bytes per second, but their threads starved the event loop of the GIL (HEAD p99 163 ms); with 2 the p99
-# was 26.5 ms, over the 25 ms target; with 1, 9-12 ms, level with splicing alone (bench, 2026-12-03)
-MAX_REQUESTS = 1
+# bytes per second, but their threads starved the event loop (HEAD p99 163 ms, target 25). With the body
+# threads below the loop's priority (server/threads.py), a bench of 16 uploads at once gave (2 runs each):
+# at most 1 O_DIRECT body 742 MB/s, p99 12.8 ms; 4: 936 MB/s, 12.4 ms; 8: 992, 30.3 ms; 16: 1137, 68.6 ms.
+# Past 4 the GIL, not the CPU share, holds the loop up: a lower priority still did not help.
+MAX_REQUESTS = 4
 
 # Local disk file systems whose O_DIRECT is a direct write to the device that fdatasync then makes durable
 # with the file's size. Elsewhere (FUSE, network and layered file systems, tmpfs) O_DIRECT means what each
@@ -44,7 +47,7 @@ DIRECT_FILE_SYSTEMS = {
 _slots = threading.BoundedSemaphore(MAX_REQUESTS)
 # Buffers kept from one request to the next: fresh anonymous memory is faulted in page by page on first
 # touch, which these VMs make slow, and a client sending 64 MiB PATCHes would pay it on every request.
-# At most MAX_REQUESTS * BUFFERS of them, 8 MiB, for the life of the process.
+# At most MAX_REQUESTS * BUFFERS of them, 32 MiB, for the life of the process.
 _spare_buffers: list[mmap.mmap] = []
 _spare_lock = threading.Lock()
 
@@ -160,6 +163,7 @@ class DirectAppender:
                 self._written.notify_all()
 
     def _write_loop(self) -> None:
+        yield_to_the_loop()
         while (item := self._to_write.get()) is not None:
             buffer, count, position = item
             if self._failure is None:
@@ -179,6 +183,7 @@ class DirectAppender:
             done += os.pwrite(self.writer.fd, view[done:], position + done)
 
     def _hash_loop(self) -> None:
+        yield_to_the_loop()
         while (item := self._to_hash.get()) is not None:
             buffer, count = item
             hasher = self.writer.hasher

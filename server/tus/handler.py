@@ -33,6 +33,7 @@ from modeldrop.server.store.dedupe import Claim, token_fingerprint
 from modeldrop.server.store.errors import StoreError
 from modeldrop.server.store.filestore import FileStore, UploadWriter
 from modeldrop.server.store.info import CONCAT_FINAL, CONCAT_PARTIAL, UploadInfo
+from modeldrop.server.threads import yield_to_the_loop
 from modeldrop.server.tus import headers as tus
 from modeldrop.server.tus.body import BodyLimits, BodyResult, Interruption, receive_body, stopped_error
 from modeldrop.server.tus.interfaces import FinalizeQueue, Locker, UploadLock
@@ -78,10 +79,13 @@ class TusHandler:
         # held a HEAD up for 161 ms at p99 (bench/results/2026-11-24.md). Syncs, which only wait on the
         # disk, run in the default executor so they never hold up another upload's writes.
         threads = max(1, (os.cpu_count() or 2) // 2)
-        self.write_pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="modeldrop-write")
-        self.hash_pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="modeldrop-hash")
+        self.write_pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="modeldrop-write",
+                                                                initializer=yield_to_the_loop)
+        self.hash_pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="modeldrop-hash",
+                                                               initializer=yield_to_the_loop)
         # a body taken off the socket waits on it in a thread of its own for the whole request
-        self.socket_pool = concurrent.futures.ThreadPoolExecutor(SOCKET_THREADS, thread_name_prefix="modeldrop-socket")
+        self.socket_pool = concurrent.futures.ThreadPoolExecutor(SOCKET_THREADS, thread_name_prefix="modeldrop-socket",
+                                                                 initializer=yield_to_the_loop)
         self.socket_bodies = 0
         # HEAD answers from records inotify keeps fresh: only while every writer runs on this host
         self.records = UploadCache(store.uploads_dir, enabled=not locker.shared)

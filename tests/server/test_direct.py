@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modeldrop.server import threads
 from modeldrop.server.store import direct
 from modeldrop.server.store.filestore import FileStore
 from modeldrop.server.store.info import UploadInfo
@@ -117,6 +118,22 @@ def test_the_next_body_reuses_the_buffers_and_no_more_are_kept(store: FileStore)
         assert store.paths(writer.info.id).data.read_bytes() == data
         assert len(direct._spare_buffers) == direct.MAX_REQUESTS * direct.BUFFERS
     assert seen[0] == seen[1] == seen[2]
+
+
+def test_the_appenders_threads_yield_the_cpu_to_the_event_loop(store: FileStore) -> None:
+    """Up to MAX_REQUESTS bodies bring three busy threads each: at the loop's priority they held HEADs up."""
+    writer = new_writer(store, 10)
+    appender = direct.open_direct(writer)
+    assert appender is not None
+    try:
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert [os.getpriority(os.PRIO_PROCESS, thread.native_id or 0) for thread in appender._threads] == \
+            [min(19, own + threads.BODY_NICE)] * 2
+        assert os.getpriority(os.PRIO_PROCESS, 0) == own, "only the body's threads, not the caller's"
+    finally:
+        appender.drain()
+        appender.close()
+        writer.close()
 
 
 def test_a_full_disk_leaves_the_offset_at_the_bytes_in_the_file(tmp_path: Path, mount) -> None:  # type: ignore[no-untyped-def]
