@@ -27,7 +27,7 @@ from modeldrop.server.dedupe import MATCH_HEADER, Dedupe, Kind, Match
 from modeldrop.server.metrics import Metrics
 from modeldrop.server.settings import Settings
 from modeldrop.server.socket_body import EXTENSION as SOCKET_BODY
-from modeldrop.server.store import concat
+from modeldrop.server.store import concat, direct
 from modeldrop.server.store.cache import UploadCache
 from modeldrop.server.store.dedupe import Claim, token_fingerprint
 from modeldrop.server.store.errors import StoreError
@@ -425,9 +425,12 @@ class TusHandler:
         if taken is None:
             result = await receive_body(request.stream(), writer, limits, interruption, self._run)
         else:
+            direct_io = limits.direct_io and self.socket_bodies < direct.BUSY_BODIES
             self.socket_bodies += 1
             try:
-                result = await receive_from_socket(socket_body, taken, writer, limits, interruption, self.socket_pool)
+                result = await receive_from_socket(socket_body, taken, writer,
+                                                   dataclasses.replace(limits, direct_io=direct_io),
+                                                   interruption, self.socket_pool)
             finally:
                 self.socket_bodies -= 1
             self.metrics.bytes_spliced.inc(max(0, result.received))
