@@ -63,13 +63,14 @@ def render(meta: dict[str, Any], results: Results) -> str:
                          f"{fmt(_col(runs, 'cache_growth_mib'))} | "
                          f"{fmt(_col(runs, 'installed_s'), 2)} | {all(r['identical'] for r in runs)} |")
         lines.append("")
-    if "concurrent" in results:
-        size_mib = meta["concurrent_size"] // 1024**2
-        lines += [f"## {meta['concurrent']} concurrent uploads of {size_mib} MiB (one PATCH each), "
+    for count, size in _concurrent_runs(meta):
+        if concurrent_key(count) not in results:
+            continue
+        lines += [f"## {count} concurrent uploads of {size // 1024**2} MiB (one PATCH each), "
                   "HEADs on 4 other idle uploads every 10 ms", "",
                   "| server | aggregate MB/s | HEAD p50 ms | HEAD p99 ms | HEADs during load | CPU-s | bytes identical |",
                   "|---|---|---|---|---|---|---|"]
-        for name, runs in results["concurrent"].items():
+        for name, runs in results[concurrent_key(count)].items():
             lines.append(f"| {name} | {fmt(_col(runs, 'mbps'))} | {fmt(_col(runs, 'head_p50_ms'), 1)} | "
                          f"{fmt(_col(runs, 'head_p99_ms'), 1)} | {fmt(_col(runs, 'head_n'))} | "
                          f"{fmt(_col(runs, 'cpu_s'), 1)} | {all(r['identical'] for r in runs)} |")
@@ -108,13 +109,13 @@ def render(meta: dict[str, Any], results: Results) -> str:
 def _ratios(results: Results) -> list[str]:
     rows = []
     limits = results.get("limits", {})
-    for workload in ("one", "chunked", "concurrent"):
+    for workload in ("one", "chunked", *(key for key in results if key.startswith("concurrent"))):
         by_server = results.get(workload, {})
         for mine in ("modeldrop", "modeldrop-nofsync"):
             if mine not in by_server:
                 continue
             others = [(peer, _col(by_server[peer], "mbps")) for peer in PEERS + STACK if peer in by_server]
-            if workload != "concurrent":
+            if not workload.startswith("concurrent"):
                 others += [(name, _col(runs, "mbps")) for name, runs in limits.items()]
             for other, values in others:
                 ratio = pair_ratios(_col(by_server[mine], "mbps"), values)
@@ -238,9 +239,10 @@ def _targets(meta: dict[str, Any], results: Results) -> list[str]:
         cache = max(_col(one, "cache_growth_mib"))
         rows.append((f"page cache grows < 1 GiB during a {gib:g} GiB upload (fsync on)", f"{cache:.0f} MiB (max)",
                      cache < 1024))
-    concurrent = results.get("concurrent", {}).get("modeldrop")
-    if concurrent:
-        count = meta.get("concurrent", 16)
+    for count, _ in _concurrent_runs(meta):
+        concurrent = results.get(concurrent_key(count), {}).get("modeldrop")
+        if not concurrent:
+            continue
         p99 = _median(concurrent, "head_p99_ms")
         rows.append((f"HEAD p99 ≤ 25 ms during {count} concurrent uploads (fsync on)", f"{p99:.1f} ms", p99 <= 25))
         if machine:
@@ -256,6 +258,15 @@ def _targets(meta: dict[str, Any], results: Results) -> list[str]:
     rows.append(("every stored file byte-identical to the source", str(identical), identical))
     return ["## Targets", "", "| target | this run | result |", "|---|---|---|",
             *(f"| {t} | {v} | {_verdict(ok)} |" for t, v, ok in rows), ""]
+
+
+def concurrent_key(count: int) -> str:
+    """The results' workload name of `count` uploads at once."""
+    return f"concurrent {count}"
+
+
+def _concurrent_runs(meta: dict[str, Any]) -> list[tuple[int, int]]:
+    return list(zip(meta["concurrent"], meta["concurrent_size"], strict=True))
 
 
 def _identical(runs: list[dict[str, Any]]) -> str:

@@ -8,7 +8,8 @@ upload on a freshly started server with an empty folder; stored bytes are checke
 sha256, then deleted, then `sync`, so no run inherits another's writeback.
 
 Workloads: limits (O_DIRECT disk write, sha256 on one core, loopback TCP into recv_into, their minimum,
-and two combined references), one (one PATCH), chunked (--chunk PATCHes), concurrent, cli (`modeldrop
+the CPU limit: receiving and hashing at once, and two combined references), one (one PATCH), chunked (--chunk PATCHes), concurrent
+(16 uploads of 256 MiB at once, then 64 of 64 MiB, HEADs meanwhile), cli (`modeldrop
 upload` and the neutral sendfile client, each to installed, on every modeldrop server with fsync on),
 rsync (`rsync --partial` over SSH to loopback; openssh-server and rsync are installed through apt when
 missing and the bench runs as root), browser (Uppy in /usr/bin/chromium through Playwright). What this
@@ -117,6 +118,8 @@ def wait_installed(server: Server, paths: list[str], deadline: float) -> None:
 
 def measure_concurrent(server: Server, source: dict[str, Any], uploads: int, idle: int) -> dict[str, Any]:
     warm(Path(source["path"]))
+    if server.kind == "modeldrop":  # room for them all: the default --max-uploads is 64
+        server = dataclasses.replace(server, extra_args=(*server.extra_args, "--max-uploads", str(uploads + idle)))
     server.start()
     stop_file = SCRATCH / f"stop-{server.port}"
     try:
@@ -159,6 +162,14 @@ def measure_concurrent(server: Server, source: dict[str, Any], uploads: int, idl
 # -- the run --------------------------------------------------------------------------------------------
 
 
+def _counts(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
+
+
+def _sizes(text: str) -> list[int]:
+    return [parse_size(part) for part in text.split(",")]
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the running server is stopped
     parser = argparse.ArgumentParser(prog="bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -166,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 GiB, 1 repetition, 16 x 64 MiB concurrent")
     parser.add_argument("--chunk", type=parse_size, default=64 * MIB, help="PATCH size of the chunked workload")
-    parser.add_argument("--concurrent", type=int, default=16)
-    parser.add_argument("--concurrent-size", type=parse_size, default=256 * MIB)
+    parser.add_argument("--concurrent", type=_counts, default=[16, 64],
+                        help="uploads at once in the concurrent workload, one or more: 16,64 (default)")
+    parser.add_argument("--concurrent-size", type=_sizes, default=[256 * MIB, 64 * MIB],
+                        help="each one's size, one per --concurrent count (default 256MiB,64MiB)")
     parser.add_argument("--servers", default=",".join(ALL_SERVERS))
     parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS))
     parser.add_argument("--modeldrop-dir", type=Path, default=REPO, help="run modeldrop from a copy (experiments)")
@@ -181,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="a note printed in the results")
     args = parser.parse_args(argv)
     if args.quick:
-        args.size, args.reps, args.concurrent_size = GIB, 1, 64 * MIB
+        args.size, args.reps, args.concurrent, args.concurrent_size = GIB, 1, [16], [64 * MIB]
+    if len(args.concurrent_size) == 1:
+        args.concurrent_size *= len(args.concurrent)
+    if len(args.concurrent_size) != len(args.concurrent):
+        parser.error("give one --concurrent-size, or one per --concurrent count")
     variants = {name: Path(path).resolve() for name, _, path in (v.partition("=") for v in args.variant)}
     cli_variants = {name: Path(path).resolve() for name, _, path in (v.partition("=") for v in args.cli_variant)}
     servers = make_servers(args.servers.split(","), args.modeldrop_dir.resolve(), tuple(args.modeldrop_arg), variants)
@@ -191,14 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     cpu_before = _cpu_times()
 
     free = shutil.disk_usage(REPO).free
-    need = 2 * args.size + args.concurrent * args.concurrent_size + 4 * GIB
+    need = 2 * args.size + max(n * size for n, size in zip(args.concurrent, args.concurrent_size)) + 4 * GIB
     if free < need:
         print(f"bench: {free / GIB:.1f} GiB free, {need / GIB:.1f} GiB needed", file=sys.stderr)
         return 2
     ensure_peers()
     shutil.rmtree(SCRATCH / "data", ignore_errors=True)
     source = make_source(SCRATCH / f"source-{args.size}.gguf", args.size / GIB)
-    small = make_source(SCRATCH / f"source-{args.concurrent_size}.gguf", args.concurrent_size / GIB)
+    small = {size: make_source(SCRATCH / f"source-{size}.gguf", size / GIB) for size in set(args.concurrent_size)}
     ref = None
     if args.size > 4 * GIB and any(s.kind == "modeldrop" for s in servers):
         ref = make_source(SCRATCH / f"source-{4 * GIB}.gguf", 4.0)  # installed time is compared with 4 GiB
@@ -242,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
                 for server in (s for s in order if s.kind == "modeldrop" and s.fsync):
                     record("one", f"{server.name} (RUFH)", measure_upload(server, source, 0, "bench.gguf", "rufh"))
             if "concurrent" in workloads:
-                for server in (s for s in order if s.kind != "stack"):  # references for one upload's speed only
-                    record("concurrent", server.name, measure_concurrent(server, small, args.concurrent, 4))
+                for count, size in zip(args.concurrent, args.concurrent_size):
+                    for server in (s for s in order if s.kind != "stack"):  # references for one upload's speed only
+                        record(report.concurrent_key(count), server.name,
+                               measure_concurrent(server, small[size], count, 4))
             run_paths(rep, [s for s in order if s.kind == "modeldrop" and s.fsync], workloads, skipped, sshd,
                       source, record, cli_variants)
             if ref is not None and "one" in workloads:
