@@ -5,21 +5,20 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from modeldrop.server import threads
 from modeldrop.server.store import direct
 from modeldrop.server.store.filestore import FileStore
 from modeldrop.server.store.info import UploadInfo
-from tests.support.processes import ServerProcess
-from tests.support.tus import TusClient, gguf_bytes
+from tests.support.metrics import server_metric
+from tests.support.processes import ServerProcess, wait_for
+from tests.support.tus import PATCH_TYPE, RawRequest, TusClient, gguf_bytes, on, stored_size
 
 MIB = 1024 * 1024
 
@@ -168,12 +167,6 @@ def test_a_full_disk_leaves_the_offset_at_the_bytes_in_the_file(tmp_path: Path, 
     assert store.paths(writer.info.id).data.read_bytes() == data[:stored]
 
 
-def metric(server: ServerProcess, name: str) -> float:
-    match = re.search(rf"^{name} ([0-9.e+]+)$", httpx.get(f"{server.url}/metrics").text, flags=re.MULTILINE)
-    assert match is not None, name
-    return float(match.group(1))
-
-
 @pytest.mark.parametrize("direct_io", [True, False])
 def test_the_server_writes_large_bodies_with_o_direct_unless_told_not_to(
         start_server: Callable[..., ServerProcess], direct_io: bool) -> None:
@@ -183,8 +176,44 @@ def test_the_server_writes_large_bodies_with_o_direct_unless_told_not_to(
     location = client.location(len(model))
     assert client.patch(location, model[:4097], 0).status_code == 204  # small: through ASGI, file misaligned
     assert client.patch(location, model[4097:], 4097).status_code == 204
-    assert metric(server, "modeldrop_bytes_spliced_total") == len(model) - 4097
-    assert metric(server, "modeldrop_bytes_direct_total") == (len(model) - 4097 if direct_io else 0)
+    assert server_metric(server.url, "modeldrop_bytes_spliced_total") == len(model) - 4097
+    assert server_metric(server.url, "modeldrop_bytes_direct_total") == (len(model) - 4097 if direct_io else 0)
     status = client.wait_state(location, "installed")
     assert status["sha256"] == hashlib.sha256(model).hexdigest()
     assert (server.models_dir / status["final_name"]).read_bytes() == model
+
+
+def test_a_body_that_starts_while_many_are_received_splices_though_a_slot_is_free(
+        start_server: Callable[..., ServerProcess]) -> None:
+    """Past direct.BUSY_BODIES bodies at once, O_DIRECT's threads held HEADs up more than its speed was worth."""
+    server = start_server()
+    client = TusClient(server.url)
+    model = gguf_bytes(tensors=2, tensor_elems=512 * 1024)  # ~4 MiB: taken off the socket
+    head = 3 * MIB  # an O_DIRECT body stores nothing until a 2 MiB buffer is full
+
+    def start_body() -> tuple[str, RawRequest]:
+        location = client.location(len(model))
+        raw = RawRequest(on(server, location), "PATCH",
+                         client.headers({"Content-Type": PATCH_TYPE, "Upload-Offset": "0"}), len(model))
+        raw.send(model[:head])
+        wait_for(lambda: stored_size(server, location) >= 2 * MIB, 10, "the body's first bytes")
+        return location, raw
+
+    def finish(bodies: list[tuple[str, RawRequest]]) -> None:
+        for _, raw in bodies:
+            raw.send(model[head:])
+            assert raw.response_status(timeout=30) == 204
+
+    holding_slots = [start_body() for _ in range(direct.MAX_REQUESTS)]
+    busy = [start_body() for _ in range(direct.BUSY_BODIES)]  # no slot free when they started: spliced
+    finish(holding_slots)
+    direct_bytes = server_metric(server.url, "modeldrop_bytes_direct_total")
+    assert direct_bytes == direct.MAX_REQUESTS * len(model)
+    late = client.location(len(model))  # every slot free now, but 16 bodies are still being received
+    assert client.patch(late, model, 0).status_code == 204
+    assert server_metric(server.url, "modeldrop_bytes_direct_total") == direct_bytes
+    finish(busy)
+    again = client.location(len(model))
+    assert client.patch(again, model, 0).status_code == 204
+    assert server_metric(server.url, "modeldrop_bytes_direct_total") == direct_bytes + len(model)
+
