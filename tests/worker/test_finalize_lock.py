@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,33 +113,42 @@ def test_finalize_lock_taken_by_another_holder_mid_hash_stops_before_publishing(
     assert os.listdir(context.models_dir) == ["model.gguf"]
 
 
-def test_finalize_renewer_that_finds_the_lock_gone_stops_the_hash(
-        context: Components, tmp_path: Path, redis_server: RedisProcess,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """renew() answering False (the key expired, or is someone else's now) is a lost lock: the job stops in the
-    middle of a long hash, not minutes later, and publishes nothing."""
+def fault_mid_hash(monkeypatch: pytest.MonkeyPatch, upload_id: str, fault: Callable[[], object],
+                   blocks: int) -> tuple[dict[str, Any], float]:
+    """The job on a long hash (a 50 GB file: many blocks, progress after each, renewals every 50 ms), `fault`
+    done after the first block; the job's outcome and how long it ran."""
     monkeypatch.setattr(finalize, "RENEW_EVERY", 0.05)
-    client = redis.Redis.from_url(redis_server.url)
-    info = staged_upload(context, tmp_path)
     real_sha256_of = finalize.sha256_of
 
-    def long_hash(path: Path, on_progress: Any) -> str:  # a 50 GB file: many blocks, progress after each
-        for block in range(200):
+    def long_hash(path: Path, on_progress: Any) -> str:
+        for block in range(blocks):
             if block == 1:
-                client.delete(lock_key(info.id))  # expired while the worker was busy: nobody holds it now
+                fault()
             time.sleep(0.05)
             on_progress(block)
         return str(real_sha256_of(path, on_progress))
 
     monkeypatch.setattr(finalize, "sha256_of", long_hash)
     started = time.monotonic()
-    thread, outcome = run_job(info.id)
+    thread, outcome = run_job(upload_id)
     thread.join(30)
     took = time.monotonic() - started
+    monkeypatch.setattr(finalize, "sha256_of", real_sha256_of)
+    return outcome, took
+
+
+def test_finalize_renewer_that_finds_the_lock_gone_stops_the_hash(
+        context: Components, tmp_path: Path, redis_server: RedisProcess,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """renew() answering False (the key expired, or is someone else's now) is a lost lock: the job stops in the
+    middle of a long hash, not minutes later, and publishes nothing."""
+    client = redis.Redis.from_url(redis_server.url)
+    info = staged_upload(context, tmp_path)
+    # expired while the worker was busy: nobody holds it now
+    outcome, took = fault_mid_hash(monkeypatch, info.id, lambda: client.delete(lock_key(info.id)), blocks=200)
     assert os.listdir(context.models_dir) == [], "published by a job that no longer held its lock"
     assert isinstance(outcome.get("error"), finalize.LockLost), outcome
     assert took < 5, f"the job hashed on for {took:.1f}s after its lock was gone"
-    monkeypatch.setattr(finalize, "sha256_of", real_sha256_of)
     status = finalize.finalize_upload(info.id)  # the retry
     assert status["state"] == "installed", status
     assert os.listdir(context.models_dir) == ["model.gguf"]
@@ -150,23 +159,8 @@ def test_finalize_renewer_that_cannot_reach_redis_stops_before_the_lock_can_expi
         monkeypatch: pytest.MonkeyPatch) -> None:
     """renew() raising (Redis gone) is not a lost lock at once, a blip may pass; but once the lock's TTL may have
     run out, another worker may hold it: the job stops then, mid-hash, and publishes nothing."""
-    monkeypatch.setattr(finalize, "RENEW_EVERY", 0.05)
     info = staged_upload(context, tmp_path)
-    real_sha256_of = finalize.sha256_of
-
-    def long_hash(path: Path, on_progress: Any) -> str:
-        for block in range(400):
-            if block == 1:
-                redis_server.kill()
-            time.sleep(0.05)
-            on_progress(block)
-        return str(real_sha256_of(path, on_progress))
-
-    monkeypatch.setattr(finalize, "sha256_of", long_hash)
-    started = time.monotonic()
-    thread, outcome = run_job(info.id)
-    thread.join(30)
-    took = time.monotonic() - started
+    outcome, took = fault_mid_hash(monkeypatch, info.id, redis_server.kill, blocks=400)
     redis_server.restart()
     assert os.listdir(context.models_dir) == [], "published by a job that could not keep its lock"
     assert isinstance(outcome.get("error"), finalize.LockLost), outcome
