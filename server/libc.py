@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -41,3 +45,34 @@ def file_system_type(fd: int) -> int | None:
     if fstatfs(fd, ctypes.byref(found)) != 0:
         return None
     return int(found.f_type) & 0xFFFFFFFF
+
+
+# inotify(7): the event masks this project watches for, and struct inotify_event (wd, mask, cookie, len; then
+# len bytes of name, NUL-padded)
+IN_MODIFY, IN_ATTRIB, IN_MOVED_FROM, IN_MOVED_TO = 0x2, 0x4, 0x40, 0x80
+IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800
+IN_Q_OVERFLOW, IN_IGNORED = 0x4000, 0x8000
+_INOTIFY_EVENT = struct.Struct("iIII")
+
+
+def inotify_watch(directory: Path | str, mask: int) -> int:
+    """A non-blocking inotify descriptor watching `directory` for `mask`; OSError if it cannot be had."""
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
+        error = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(error, os.strerror(error))
+    return int(fd)
+
+
+def inotify_events(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(mask, name) of each event in what one read of an inotify descriptor returned."""
+    position = 0
+    while position + _INOTIFY_EVENT.size <= len(data):
+        _, mask, _, name_length = _INOTIFY_EVENT.unpack_from(data, position)
+        start = position + _INOTIFY_EVENT.size
+        yield mask, data[start:start + name_length].split(b"\0", 1)[0]
+        position = start + name_length

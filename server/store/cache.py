@@ -14,23 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import logging
 import os
-import struct
 from pathlib import Path
 
-from modeldrop.server.libc import libc
+from modeldrop.server.libc import (IN_ATTRIB, IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_IGNORED, IN_MODIFY,
+                                   IN_MOVE_SELF, IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, inotify_events,
+                                   inotify_watch)
 from modeldrop.server.store.info import UploadInfo
 
 log = logging.getLogger("modeldrop.store")
 
-_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of name
-_IN_MODIFY, _IN_ATTRIB, _IN_MOVED_FROM, _IN_MOVED_TO = 0x2, 0x4, 0x40, 0x80
-_IN_CREATE, _IN_DELETE, _IN_DELETE_SELF, _IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800
-_IN_Q_OVERFLOW, _IN_IGNORED = 0x4000, 0x8000
-_WATCH_MASK = (_IN_MODIFY | _IN_ATTRIB | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
-               | _IN_DELETE_SELF | _IN_MOVE_SELF)
+_WATCH_MASK = (IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF
+               | IN_MOVE_SELF)
 _MAX_TOUCHED = 65536  # ids remembered as recently changed; past that, older reads are refused wholesale
 
 
@@ -90,7 +86,7 @@ class UploadCache:
         if self._fd is not None:
             return True
         try:
-            fd = _inotify_watch(self.uploads_dir)
+            fd = inotify_watch(self.uploads_dir, _WATCH_MASK)
         except OSError as exc:
             log.warning("HEAD answers read the disk each time: watching %s failed (%s)", self.uploads_dir, exc)
             self.enabled = False
@@ -106,13 +102,9 @@ class UploadCache:
             data = os.read(self._fd, 256 * 1024)
         except BlockingIOError:
             return
-        position = 0
-        while position + _EVENT.size <= len(data):
-            _, mask, _, name_length = _EVENT.unpack_from(data, position)
-            name = data[position + _EVENT.size: position + _EVENT.size + name_length].split(b"\0", 1)[0]
-            position += _EVENT.size + name_length
+        for mask, name in inotify_events(data):
             self._changes += 1
-            if mask & (_IN_Q_OVERFLOW | _IN_IGNORED | _IN_DELETE_SELF | _IN_MOVE_SELF):
+            if mask & (IN_Q_OVERFLOW | IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
                 self._forget_everything(mask)
                 continue
             upload_id = name.decode("utf-8", "replace").partition(".")[0]
@@ -127,20 +119,9 @@ class UploadCache:
         """Changes were lost (queue overflow) or the directory itself went: nothing kept can be trusted."""
         self._records.clear()
         self._refuse_up_to = self._changes
-        if mask & (_IN_IGNORED | _IN_DELETE_SELF | _IN_MOVE_SELF):
+        if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
             log.warning("the uploads directory %s was removed or moved: HEAD answers read the disk from now on",
                         self.uploads_dir)
             self.enabled = False
             self.close()
 
-
-def _inotify_watch(directory: Path) -> int:
-    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-    if fd < 0:
-        error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
-    if libc.inotify_add_watch(fd, os.fsencode(directory), _WATCH_MASK) < 0:
-        error = ctypes.get_errno()
-        os.close(fd)
-        raise OSError(error, os.strerror(error))
-    return fd

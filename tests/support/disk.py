@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
-import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from modeldrop.server.libc import IN_CREATE, IN_MOVED_TO, inotify_events, inotify_watch
 
 
 @contextlib.contextmanager
@@ -57,36 +56,24 @@ class CreatedEntries:
         assert created.names == []
     """
 
-    _IN_CREATE, _IN_MOVED_TO = 0x100, 0x80
-    _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of name
-
     def __init__(self, directory: Path, moves: bool = True) -> None:
         self.directory = directory
-        self.mask = self._IN_CREATE | (self._IN_MOVED_TO if moves else 0)
+        self.mask = IN_CREATE | (IN_MOVED_TO if moves else 0)
         self.names: list[str] = []
-        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         self._fd = -1
 
     def __enter__(self) -> CreatedEntries:
-        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self._fd < 0 or self._libc.inotify_add_watch(
-                self._fd, os.fsencode(self.directory), self.mask) < 0:
-            raise OSError(ctypes.get_errno(), f"inotify on {self.directory}")
+        self._fd = inotify_watch(self.directory, self.mask)
         return self
 
     def read(self) -> list[str]:
         while self._fd >= 0:
             try:
-                events = os.read(self._fd, 64 * 1024)
+                data = os.read(self._fd, 64 * 1024)
             except BlockingIOError:
                 break
-            offset = 0
-            while offset < len(events):
-                _, mask, _, length = self._EVENT.unpack_from(events, offset)
-                start = offset + self._EVENT.size
-                if mask & self.mask:  # not IN_IGNORED and the like, when the directory goes away
-                    self.names.append(events[start:start + length].rstrip(b"\0").decode())
-                offset = start + length
+            # not IN_IGNORED and the like, when the directory goes away
+            self.names += [name.decode() for mask, name in inotify_events(data) if mask & self.mask]
         return self.names
 
     def __exit__(self, *exc: object) -> None:
