@@ -16,7 +16,6 @@ see problems.py) and the 104 interim responses, written where the server offers 
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import json
 import logging
@@ -360,8 +359,7 @@ class RufhHandler:
                     f"the uploaded file's sha-256 is {file_sha256} but Repr-Digest named {info.sha256_expected}: "
                     f"the upload failed and will not be installed (status: /api/uploads/{info.id})", headers=headers)
             if rufh.wants_sha256(request_headers.get("want-repr-digest")):
-                digest = base64.b64encode(bytes.fromhex(file_sha256)).decode()
-                headers["Repr-Digest"] = f"{rufh.REPR_DIGEST}=:{digest}:"
+                headers["Repr-Digest"] = rufh.repr_digest_field(file_sha256)
         body = {"id": info.id, "filename": info.filename, "state": "queued", "status": f"/api/uploads/{info.id}"}
         return Response(json.dumps(body), status_code=status, headers=headers, media_type="application/json")
 

@@ -189,6 +189,11 @@ def representation_sha256(value: str | None) -> str | None:
     return digest.hex()
 
 
+def repr_digest_field(sha256: str) -> str:
+    """Repr-Digest (RFC 9530) for a file's sha256 given as hex: `sha-256=:<base64>:`."""
+    return f"{REPR_DIGEST}=:{base64.b64encode(bytes.fromhex(sha256)).decode()}:"
+
+
 def wants_sha256(value: str | None) -> bool:
     """Want-Repr-Digest (RFC 9530) asks for sha-256: listed with a preference from 1 to 10 (0: not acceptable).
     A field that does not parse is ignored, as a preference may be."""

@@ -22,8 +22,8 @@ import queue
 import threading
 
 from modeldrop.server import libc
-from modeldrop.server.threads import yield_to_the_loop
 from modeldrop.server.store.filestore import UploadWriter
+from modeldrop.server.threads import yield_to_the_loop
 
 ALIGN = 4096  # O_DIRECT's file offsets, lengths and memory addresses: a multiple of the block size
 BUFFER_BYTES = 2 * 1024 * 1024
