@@ -147,6 +147,8 @@ def _targets(meta: dict[str, Any], results: Results) -> list[str]:
     gib = meta["size"] / 1024**3
     limits = results.get("limits", {})
     machine = _col(limits.get(MACHINE, []), "mbps")
+    cpu = _col(limits.get(TCP_SHA256, []), "mbps")
+    cpu_name = TCP_SHA256.split(":")[0]
     which = sorted({run["which"] for run in limits.get(MACHINE, []) if run.get("which")})
     by_path = results.get("paths", {})
     for server in _path_servers(by_path):
@@ -189,10 +191,9 @@ def _targets(meta: dict[str, Any], results: Results) -> list[str]:
             ratio = statistics.median(pair_ratios(_col(by_server["modeldrop"], "mbps"), machine))
             rows.append((f"fsync on ≥ {SERVER_TO_MACHINE} × the machine's limit [{', '.join(which) or '?'}] ({name})",
                          f"{ratio:.2f}", ratio >= SERVER_TO_MACHINE))
-            cpu = _col(limits.get(TCP_SHA256, []), "mbps")
             if cpu:  # what stops it when the three limits, each measured alone, cannot all be had at once
                 ratio = statistics.median(pair_ratios(_col(by_server["modeldrop"], "mbps"), cpu))
-                rows.append((f"(reference) fsync on ÷ the {TCP_SHA256.split(':')[0]} ({name})", f"{ratio:.2f}", None))
+                rows.append((f"(reference) fsync on ÷ the {cpu_name} ({name})", f"{ratio:.2f}", None))
         if workload == "chunked" and "modeldrop" in by_server and "modeldrop" in results.get("one", {}):
             ratio = statistics.median(pair_ratios(_col(by_server["modeldrop"], "mbps"),
                                                   _col(results["one"]["modeldrop"], "mbps")))
@@ -249,10 +250,9 @@ def _targets(meta: dict[str, Any], results: Results) -> list[str]:
             ratio = statistics.median(pair_ratios(_col(concurrent, "mbps"), machine))
             rows.append((f"{count} concurrent uploads together ≥ {SERVER_TO_MACHINE} × the machine's limit",
                          f"{ratio:.2f}", ratio >= SERVER_TO_MACHINE))
-            cpu = _col(limits.get(TCP_SHA256, []), "mbps")
             if cpu:
                 ratio = statistics.median(pair_ratios(_col(concurrent, "mbps"), cpu))
-                rows.append((f"(reference) {count} concurrent uploads together ÷ the {TCP_SHA256.split(':')[0]}",
+                rows.append((f"(reference) {count} concurrent uploads together ÷ the {cpu_name}",
                              f"{ratio:.2f}", None))
     identical = all(r.get("identical", True) for runs in results.values() for rs in runs.values() for r in rs)
     rows.append(("every stored file byte-identical to the source", str(identical), identical))
